@@ -1,0 +1,211 @@
+"""Train the Siamese network on Omniglot or on your own image folders.
+
+Edit the config block below, or override any name on the command line with the same spelling:
+    python train.py --Epoch 5 --batch_size 8 --input_shape 64 64 --pretrained False
+Several GPUs (or CPU processes with gloo): torchrun --nproc_per_node=N train.py ...
+"""
+import datetime
+import os
+import random
+import sys
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from nets.siamese import Siamese
+from utils import distributed as ddp
+from utils.callbacks import LossHistory, atomic_save
+from utils.checkpoint import WeightsError, load_checkpoint, load_matching, save_checkpoint, set_rng_state, unwrap
+from utils.config import parse_config
+from utils.dataloader import AUGMENTATIONS, SPLITS, DataError, SiameseDataset, list_images, split_indices
+from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
+from utils.utils import ImageError, show_config
+from utils.utils_fit import NonFiniteLoss, run_epoch
+
+# config: edit here, or pass --name value on the command line
+Cuda = True  # use a GPU when there is one; falls back to the CPU
+distributed = False  # DDP; torchrun sets it up by itself, this only insists on a launcher
+sync_bn = False  # convert batch norms to SyncBatchNorm under DDP (VGG16 has none; kept for other backbones)
+fp16 = False  # CUDA mixed precision: float16 autocast with a grad scaler
+bf16 = False  # bfloat16 autocast, on CPU or CUDA (no scaler needed)
+channels_last = False  # NHWC memory format: faster convolutions with bf16/fp16
+compile = False  # torch.compile the model
+dataset_path = "dataset"
+input_shape = [105, 105]  # [height, width]; multiples of 32 waste nothing
+train_own_data = False  # False: images_background/<alphabet>/<character>/; True: images_background/<class>/
+split_by = "image"  # "image": the original 90/10 split of images; "class": validation classes unseen in training
+train_ratio = 0.9
+augmentation = "autoaugment"  # "autoaugment" (the original) or "jitter" (scale/aspect, rotation, HSV)
+pretrained = True  # ImageNet VGG16 weights from model_data/vgg16-397923af.pth (downloaded there if missing)
+model_path = ""  # start from these weights: keys whose name and shape match are loaded
+resume = ""  # a last.ckpt to continue exactly where it stopped
+Init_Epoch = 0
+Epoch = 100
+batch_size = 32  # items per step over all processes; each item is 2 pairs
+Init_lr = 1e-2
+Min_lr = Init_lr * 0.01
+optimizer_type = "sgd"  # "sgd" or "adam"
+momentum = 0.9
+weight_decay = 5e-4
+lr_decay_type = "cos"  # "cos" or "step"
+save_period = 10  # write ep###-loss-val_loss.pth every this many epochs
+save_dir = "logs"
+num_workers = 4
+seed = 0
+deterministic = False  # deterministic algorithms (for exact resume checks); slower
+CONFIG = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
+
+CHOICES = {"optimizer_type": OPTIMIZERS, "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS}
+CHECKS = [
+    lambda c: c["input_shape"] and min(c["input_shape"]) < 32 and f"input_shape {c['input_shape']}: each side must be at least 32 for VGG16",
+    lambda c: (c["Epoch"] < 1 or c["Init_Epoch"] < 0) and "Epoch must be at least 1 and Init_Epoch at least 0",
+    lambda c: c["Init_Epoch"] >= c["Epoch"] and f"Init_Epoch {c['Init_Epoch']} must be below Epoch {c['Epoch']}",
+    lambda c: c["batch_size"] < 1 and "batch_size must be at least 1",
+    lambda c: not 0 < c["train_ratio"] < 1 and "train_ratio must be between 0 and 1",
+    lambda c: (c["num_workers"] < 0 or c["save_period"] < 1) and "num_workers must be >= 0 and save_period >= 1",
+    lambda c: (c["Init_lr"] <= 0 or c["Min_lr"] < 0) and "Init_lr must be positive and Min_lr not negative",
+]
+
+
+def parse_train_config(argv=None):
+    """CONFIG overridden by the command line; Min_lr follows Init_lr unless given itself."""
+    argv = sys.argv[1:] if argv is None else argv
+    config = parse_config(CONFIG, argv, description="Train the Siamese network.", choices=CHOICES, checks=CHECKS)
+    if not any(a.startswith("--Min_lr") for a in argv) and CONFIG["Min_lr"] == CONFIG["Init_lr"] * 0.01:
+        config["Min_lr"] = config["Init_lr"] * 0.01
+    return config
+
+
+def make_loader(dataset, batch_size, num_workers, shuffle, use_cuda):
+    """A DataLoader that splits `dataset` over ranks under DDP; every batch is full."""
+    sampler = DistributedSampler(dataset, shuffle=shuffle) if ddp.is_distributed() else None
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=num_workers, pin_memory=use_cuda, drop_last=True,
+        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def main(config):
+    c = config
+    use_cuda = c["Cuda"] and torch.cuda.is_available()
+    rank, local_rank, world_size, device = ddp.setup(c["distributed"], use_cuda)
+    is_main = rank == 0
+    say = print if is_main else (lambda *a, **k: None)
+    if c["Cuda"] and not use_cuda:
+        say("No CUDA device found: training on the CPU.")
+    torch.manual_seed(c["seed"] + rank)  # DataLoader workers derive their seeds from this: ranks draw different pairs
+    random.seed(c["seed"] + rank)
+    if c["deterministic"]:
+        torch.use_deterministic_algorithms(True)
+    if use_cuda:
+        torch.backends.cudnn.benchmark = not c["deterministic"]
+    if c["batch_size"] % world_size:
+        raise SystemExit(f"batch_size {c['batch_size']} must divide evenly over {world_size} processes")
+
+    if not os.path.isdir(os.path.join(c["dataset_path"], "images_background")):
+        raise DataError(
+            f"no dataset at {os.path.join(c['dataset_path'], 'images_background')}: make one with "
+            f"'python -m utils.datasets glyphs' (embedded, offline) or 'python -m utils.datasets omniglot' "
+            f"(downloads Omniglot), or put your own class folders there with --train_own_data True"
+        )
+    paths, labels, class_names, skipped = list_images(c["dataset_path"], c["train_own_data"])
+    train_idx, val_idx = split_indices(labels, c["split_by"], c["train_ratio"], seed=0)
+    pick = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
+    train_set = SiameseDataset(*pick(train_idx), c["input_shape"], train=True, augmentation=c["augmentation"], name="training")
+    val_set = SiameseDataset(*pick(val_idx), c["input_shape"], train=False, name="validation")
+    num_train, num_val = len(train_set), len(val_set)
+    epoch_step, epoch_step_val = num_train // c["batch_size"], num_val // c["batch_size"]
+    if epoch_step == 0 or epoch_step_val == 0:
+        raise DataError(
+            f"dataset too small: {num_train} training and {num_val} validation images for batch_size "
+            f"{c['batch_size']}; lower batch_size or add images"
+        )
+    show_config(**c, num_classes=len(class_names), num_train=num_train, num_val=num_val, skipped_files=skipped,
+                device=f"{device} x {world_size}") if is_main else None
+
+    lr, min_lr = scaled_lr(c["batch_size"], c["Init_lr"], c["Min_lr"], c["optimizer_type"])
+    total_steps = epoch_step * c["Epoch"]
+    wanted = MIN_STEPS[c["optimizer_type"]]
+    if total_steps < wanted:
+        say(f"Warning: {total_steps} training steps is below the {wanted} recommended for {c['optimizer_type']}; "
+            f"about {wanted // epoch_step + 1} epochs would reach it.")
+
+    model = Siamese(c["input_shape"], pretrained=c["pretrained"] and not c["model_path"] and not c["resume"])
+    if c["model_path"]:
+        loaded, failed = load_matching(model, c["model_path"])
+        say(f"Loaded {len(loaded)} keys from {c['model_path']}; not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
+    model.to(device)
+    if c["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model.parameters(), c["optimizer_type"], lr, c["momentum"], c["weight_decay"])
+    amp_dtype = torch.float16 if (c["fp16"] and use_cuda) else torch.bfloat16 if c["bf16"] else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    start_epoch, best_val_loss = c["Init_Epoch"], float("inf")
+    log_dir = os.path.join(c["save_dir"], "loss_" + datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S"))
+    losses, val_losses = [], []
+    if c["resume"]:
+        checkpoint = load_checkpoint(c["resume"])
+        unwrap(model).load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        start_epoch, best_val_loss = checkpoint["epoch"], checkpoint["best_val_loss"]
+        losses, val_losses, log_dir = checkpoint["losses"], checkpoint["val_losses"], checkpoint["log_dir"]
+        set_rng_state(checkpoint["rng"]) if world_size == 1 else None
+        say(f"Resuming from {c['resume']} at epoch {start_epoch + 1}/{c['Epoch']}")
+    history = LossHistory(log_dir, losses, val_losses) if is_main else None
+
+    if world_size > 1:
+        if c["sync_bn"]:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
+    train_model = torch.compile(model) if c["compile"] else model
+    per_rank_batch = c["batch_size"] // world_size
+    train_loader = make_loader(train_set, per_rank_batch, c["num_workers"], True, use_cuda)
+    val_loader = make_loader(val_set, per_rank_batch, c["num_workers"], False, use_cuda)
+
+    checkpoint_path = os.path.join(c["save_dir"], "last.ckpt")
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, c["Epoch"]):
+            epoch_lr = lr_at_epoch(epoch, lr, min_lr, c["Epoch"], c["lr_decay_type"])
+            set_lr(optimizer, epoch_lr)
+            for loader in (train_loader, val_loader):
+                if isinstance(loader.sampler, DistributedSampler):
+                    loader.sampler.set_epoch(epoch)
+            tag = f"Epoch {epoch + 1}/{c['Epoch']}"
+            options = dict(amp_dtype=amp_dtype, channels_last=c["channels_last"], show=is_main)
+            train = run_epoch(train_model, train_loader, device, optimizer, scaler, desc=f"{tag} train", lr=epoch_lr, **options)
+            val = run_epoch(train_model, val_loader, device, desc=f"{tag} val", **options)
+            if not is_main:
+                continue
+            say(f"{tag}: loss {train['loss']:.3f} acc {train['acc']:.3f} | val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}")
+            history.append(train["loss"], val["loss"])
+            weights = unwrap(model).state_dict()
+            if (epoch + 1) % c["save_period"] == 0 or epoch + 1 == c["Epoch"]:
+                name = f"ep{epoch + 1:03d}-loss{train['loss']:.3f}-val_loss{val['loss']:.3f}.pth"
+                atomic_save(weights, os.path.join(c["save_dir"], name))
+            if val["loss"] <= best_val_loss:
+                best_val_loss = val["loss"]
+                say(f"Best validation loss so far: saving {os.path.join(c['save_dir'], 'best_epoch_weights.pth')}")
+                atomic_save(weights, os.path.join(c["save_dir"], "best_epoch_weights.pth"))
+            atomic_save(weights, os.path.join(c["save_dir"], "last_epoch_weights.pth"))
+            save_checkpoint(checkpoint_path, model, optimizer, scaler, epoch + 1, best_val_loss, history, log_dir, c)
+    except KeyboardInterrupt:
+        if is_main:
+            save_checkpoint(checkpoint_path, model, optimizer, scaler, epoch, best_val_loss, history, log_dir, c)
+            print(f"\nInterrupted in epoch {epoch + 1}: saved {checkpoint_path}; "
+                  f"continue with: python train.py --resume {checkpoint_path}")
+        raise SystemExit(130)
+    finally:
+        ddp.cleanup()
+    say(f"Done: weights in {c['save_dir']}/, loss curves in {log_dir}/")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_train_config())
+    except (DataError, ImageError, WeightsError, NonFiniteLoss) as e:
+        raise SystemExit(f"error: {e}")

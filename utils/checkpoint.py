@@ -1,0 +1,123 @@
+"""Loading weights safely, and the full training checkpoint used to resume a run."""
+import os
+import pickle
+import random
+
+import numpy as np
+import torch
+
+from utils.callbacks import atomic_save
+
+
+class WeightsError(ValueError):
+    """A weights or checkpoint file that cannot be used; the message names the file."""
+
+
+def safe_load(path):
+    """torch.load with weights_only=True: tensors and plain containers only, never code.
+
+    Raises WeightsError naming `path` when it is missing, is not a torch file, or holds objects
+    that would need arbitrary code to unpickle (nothing in such a file is run).
+    """
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "WeightsUnpickler" in line]
+        reason = lines[0] if lines else type(e).__name__
+        raise WeightsError(f"{path}: refused to load, it holds objects other than weights ({reason})") from None
+    except Exception as e:  # zip/EOF/format errors: not a torch file or truncated
+        raise WeightsError(f"{path}: not a readable torch weights file ({type(e).__name__}: {e})") from None
+
+
+def unwrap(model):
+    """The plain nn.Module under DDP and torch.compile wrappers (whose state-dict keys are prefixed)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def load_matching(model, path):
+    """Load the keys of `path` whose name and shape match `model`; returns (loaded, not_loaded) key lists."""
+    state = safe_load(path)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = state.get("model", state)  # a training checkpoint holds the weights under "model"
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and hasattr(v, "shape") and v.shape == own[k].shape}
+    own.update(matched)
+    model.load_state_dict(own)
+    return sorted(matched), sorted(k for k in state if k not in matched)
+
+
+def load_exact(model, path):
+    """Load every key of `path` into `model`; raises WeightsError naming the file on any mismatch."""
+    state = safe_load(path)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = state.get("model", state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path}: not Siamese VGG16 weights (missing {len(missing)} keys, e.g. {missing[:2]}; "
+            f"unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
+        )
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            hint = ""
+            if key == "fully_connect1.weight":
+                hint = (f"; these weights take {value.shape[1]} backbone features, this input_shape gives "
+                        f"{own[key].shape[1]}: pass the input_shape the weights were trained at")
+            raise WeightsError(f"{path}: {key} has shape {list(value.shape)}, expected {list(own[key].shape)}{hint}")
+    model.load_state_dict(state)
+    return model
+
+
+def rng_state():
+    """The python, numpy and torch (CPU and CUDA) random states."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)  # tensors load safely
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what `rng_state` returned."""
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, model, optimizer, scaler, epoch, best_val_loss, history, log_dir, config):
+    """Write a resumable training checkpoint atomically; `epoch` is the next epoch to run."""
+    atomic_save(
+        {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "best_val_loss": best_val_loss,
+            "losses": list(history.losses),
+            "val_losses": list(history.val_losses),
+            "log_dir": log_dir,
+            "rng": rng_state(),
+            "config": dict(config),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by `save_checkpoint`; raises WeightsError when it is not one."""
+    checkpoint = safe_load(path)
+    needed = {"model", "optimizer", "scaler", "epoch", "rng"}
+    if not isinstance(checkpoint, dict) or not needed <= set(checkpoint):
+        raise WeightsError(f"{path}: not a training checkpoint (expected keys {sorted(needed)})")
+    return checkpoint

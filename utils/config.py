@@ -1,0 +1,54 @@
+"""Command-line overrides for the config block at the top of a script (nanoGPT style, with --help)."""
+import argparse
+
+
+def parse_bool(text):
+    """'True'/'False' (also 1/0, yes/no) -> bool; anything else is an argparse error."""
+    lowered = str(text).lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def build_parser(defaults, description="", choices=None, extra=None):
+    """An ArgumentParser with one `--name` per config entry, typed from its default value.
+
+    `choices` maps names to their allowed values; `extra` adds flags that are not config names,
+    as {name: (kwargs for add_argument)}.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    choices = choices or {}
+    for name, default in defaults.items():
+        kwargs = {"default": default, "choices": choices.get(name), "metavar": name.upper() if name not in choices else None}
+        if isinstance(default, bool):
+            kwargs.update(type=parse_bool, metavar="True|False")
+        elif isinstance(default, (list, tuple)):
+            kwargs.update(type=type(default[0]), nargs=len(default))
+        elif isinstance(default, (int, float)):
+            kwargs.update(type=float if isinstance(default, float) else int)
+        else:
+            kwargs.update(type=str)
+        parser.add_argument(f"--{name}", **kwargs)
+    for name, kwargs in (extra or {}).items():
+        parser.add_argument(f"--{name}", **kwargs)
+    return parser
+
+
+def parse_config(defaults, argv=None, description="", choices=None, extra=None, checks=()):
+    """Return a dict of `defaults` overridden by `argv`; extra flags come back too.
+
+    `checks` are functions of the parsed dict that return an error string or None; any error
+    ends the program with argparse's one-line usage message (exit code 2).
+    """
+    parser = build_parser(defaults, description, choices, extra)
+    config = vars(parser.parse_args(argv))
+    for name, value in config.items():
+        if isinstance(defaults.get(name), tuple) and value is not None:
+            config[name] = list(value)
+    for check in checks:
+        error = check(config)
+        if error:
+            parser.error(error)
+    return config

@@ -1,0 +1,54 @@
+"""Learning-rate rules of the original: batch-size scaling, `cos` and `step` schedules, optimisers."""
+import math
+
+import torch
+
+NOMINAL_BATCH = 64
+LR_LIMITS = {"adam": (3e-4, 1e-3), "sgd": (5e-4, 1e-1)}  # (lo, hi) for the scaled lr
+MIN_STEPS = {"adam": 10_000, "sgd": 30_000}  # below this many steps training is probably too short
+OPTIMIZERS = tuple(LR_LIMITS)
+SCHEDULES = ("cos", "step")
+
+
+def scaled_lr(batch_size, init_lr, min_lr, optimizer_type):
+    """Scale the lr pair by batch_size / 64 and clamp it; returns (lr, min_lr)."""
+    lo, hi = LR_LIMITS[optimizer_type]
+    ratio = batch_size / NOMINAL_BATCH
+    lr = min(max(ratio * init_lr, lo), hi)
+    min_lr = min(max(ratio * min_lr, lo / 100), hi / 100)
+    return lr, min_lr
+
+
+def lr_at_epoch(epoch, lr, min_lr, total, decay_type="cos"):
+    """The learning rate for 0-based `epoch` of `total` epochs."""
+    if decay_type == "cos":
+        warmup = min(max(0.05 * total, 1), 3)
+        plateau = min(max(0.05 * total, 1), 15)
+        warmup_start = max(0.1 * lr, 1e-6)
+        if epoch <= warmup:
+            return (lr - warmup_start) * (epoch / warmup) ** 2 + warmup_start
+        if epoch >= total - plateau:
+            return min_lr
+        progress = (epoch - warmup) / (total - warmup - plateau)
+        return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+    if decay_type == "step":
+        steps = 10
+        decay = (min_lr / lr) ** (1 / (steps - 1))
+        step_size = total / steps
+        return lr * decay ** int(epoch // step_size)
+    raise ValueError(f"unknown lr_decay_type {decay_type!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(params, optimizer_type, lr, momentum, weight_decay):
+    """Adam with betas (momentum, 0.999), or SGD with Nesterov momentum; both with weight decay."""
+    if optimizer_type == "adam":
+        return torch.optim.Adam(params, lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    if optimizer_type == "sgd":
+        return torch.optim.SGD(params, lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer_type {optimizer_type!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def set_lr(optimizer, lr):
+    """Set every param group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

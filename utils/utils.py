@@ -1,0 +1,106 @@
+"""Image loading and preprocessing shared by training, prediction, evaluation and search."""
+import os
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+GREY = 128  # fill value for letterbox padding and AutoAugment, as the original uses
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the problem."""
+
+
+def is_image_file(name):
+    """True for a visible file whose extension is a known image type."""
+    base = os.path.basename(name)
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def to_rgb(image):
+    """Any PIL mode (L, LA, P, RGB, RGBA, 1, I;16, ...) -> an RGB PIL image."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I"):  # 16/32-bit integer images: scale to 8 bits, not clip
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.size and array.max() > 255 else 255
+        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def open_image(path):
+    """Read `path` fully into an RGB PIL image; raises ImageError naming the file."""
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not an image")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def load_image(path):
+    """Read `path` into a (3, H, W) uint8 RGB tensor; raises ImageError naming the file."""
+    return v2.functional.pil_to_tensor(open_image(path))
+
+
+def letterbox(image, size):
+    """Resize a (3, H, W) uint8 tensor to fit (h, w) keeping its aspect ratio, grey padding around."""
+    height, width = size
+    _, ih, iw = image.shape
+    scale = min(height / ih, width / iw)
+    nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
+    resized = v2.functional.resize(image, [nh, nw], antialias=True)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    return v2.functional.pad(resized, [left, top, width - nw - left, height - nh - top], fill=GREY)
+
+
+class Letterbox(torch.nn.Module):
+    """Transform form of `letterbox` (a module, so DataLoader workers can pickle it)."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = list(size)
+
+    def forward(self, image):
+        return letterbox(image, self.size)
+
+
+def eval_transform(input_shape, letterbox_image=False):
+    """The deterministic preprocessing of validation and prediction: uint8 (3, H, W) -> float [0, 1].
+
+    Default: resize the shorter side to the input size, then centre crop (the original's
+    validation). With `letterbox_image`: keep the aspect ratio and pad with grey.
+    """
+    size = list(input_shape)
+    fit = [Letterbox(size)] if letterbox_image else [v2.Resize(min(size), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(fit + [v2.ToDtype(torch.float32, scale=True)])
+
+
+def preprocess(image, input_shape, letterbox_image=False):
+    """A PIL image, a uint8 tensor or a path -> (3, H, W) float32 tensor in [0, 1], as the model expects."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    elif isinstance(image, Image.Image):
+        image = v2.functional.pil_to_tensor(to_rgb(image))
+    return eval_transform(input_shape, letterbox_image)(image)
+
+
+def show_config(**kwargs):
+    """Print a two-column table of settings."""
+    width = max(len(k) for k in kwargs) + 2
+    line = "-" * (width + 50)
+    print(line)
+    print(f"{'key':<{width}}| value")
+    print(line)
+    for key, value in kwargs.items():
+        print(f"{key:<{width}}| {value}")
+    print(line)

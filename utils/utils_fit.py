@@ -1,0 +1,52 @@
+"""One pass over a loader: the training step and the validation pass, with tqdm bars."""
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.distributed import all_reduce_sum
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; training stops before broken weights are saved."""
+
+
+def split_pairs(images, labels, device, channels_last=False):
+    """A collated batch (B, 2 pairs, 2 sides, 3, H, W) -> the two sides (2B, 3, H, W) and labels (2B,)."""
+    images = images.to(device, non_blocking=True).flatten(0, 1)
+    labels = labels.to(device, non_blocking=True).flatten()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    first = images[:, 0].contiguous(memory_format=memory_format)
+    second = images[:, 1].contiguous(memory_format=memory_format)
+    return first, second, labels
+
+
+def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None, channels_last=False,
+              desc="", lr=None, show=True):
+    """Train (when `optimizer` is given) or validate over `loader`.
+
+    Returns {"loss": mean BCE per pair, "acc": fraction of pairs whose rounded sigmoid equals
+    the label}, summed over all ranks. Raises NonFiniteLoss when the loss is NaN or inf.
+    """
+    training = optimizer is not None
+    model.train(training)
+    loss_sum, correct, count = 0.0, 0.0, 0
+    bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True)
+    for images, labels in bar:
+        first, second, labels = split_pairs(images, labels, device, channels_last)
+        with torch.set_grad_enabled(training), torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(first, second).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"{desc}: the loss became {loss.item()}; lower Init_lr or check the data")
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        loss_sum += loss.item() * len(labels)
+        correct += ((logits.detach() > 0) == (labels > 0.5)).sum().item()
+        count += len(labels)
+        bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}", **({"lr": f"{lr:.2e}"} if lr else {}))
+    bar.close()
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)}
