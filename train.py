@@ -17,7 +17,7 @@ from nets.siamese import Siamese
 from utils import distributed as ddp
 from utils.callbacks import LossHistory, atomic_save
 from utils.checkpoint import WeightsError, load_checkpoint, load_matching, save_checkpoint, set_rng_state, unwrap
-from utils.config import parse_config
+from utils.config import config_comments, parse_config
 from utils.dataloader import AUGMENTATIONS, SPLITS, DataError, SiameseDataset, list_images, split_indices
 from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
 from utils.utils import ImageError, show_config
@@ -31,28 +31,28 @@ fp16 = False  # CUDA mixed precision: float16 autocast with a grad scaler
 bf16 = False  # bfloat16 autocast, on CPU or CUDA (no scaler needed)
 channels_last = False  # NHWC memory format: faster convolutions with bf16/fp16
 compile = False  # torch.compile the model
-dataset_path = "dataset"
+dataset_path = "dataset"  # folder holding images_background/
 input_shape = [105, 105]  # [height, width]; multiples of 32 waste nothing
 train_own_data = False  # False: images_background/<alphabet>/<character>/; True: images_background/<class>/
 split_by = "image"  # "image": the original 90/10 split of images; "class": validation classes unseen in training
-train_ratio = 0.9
+train_ratio = 0.9  # share of images (or classes) used for training; the rest validates
 augmentation = "autoaugment"  # "autoaugment" (the original) or "jitter" (scale/aspect, rotation, HSV)
 pretrained = True  # ImageNet VGG16 weights from model_data/vgg16-397923af.pth (downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded
 resume = ""  # a last.ckpt to continue exactly where it stopped
-Init_Epoch = 0
-Epoch = 100
+Init_Epoch = 0  # first epoch to run (0-based)
+Epoch = 100  # total number of epochs
 batch_size = 32  # items per step over all processes; each item is 2 pairs
-Init_lr = 1e-2
-Min_lr = Init_lr * 0.01
+Init_lr = 1e-2  # learning rate at the nominal batch of 64; scaled to batch_size and clamped
+Min_lr = Init_lr * 0.01  # final learning rate; follows Init_lr unless given
 optimizer_type = "sgd"  # "sgd" or "adam"
-momentum = 0.9
-weight_decay = 5e-4
+momentum = 0.9  # SGD momentum, or Adam's first beta
+weight_decay = 5e-4  # L2 penalty of the optimiser
 lr_decay_type = "cos"  # "cos" or "step"
 save_period = 10  # write ep###-loss-val_loss.pth every this many epochs
-save_dir = "logs"
-num_workers = 4
-seed = 0
+save_dir = "logs"  # where weights, checkpoints and loss curves go
+num_workers = 4  # DataLoader worker processes (0: load in the main process)
+seed = 0  # random seed; each process adds its rank
 deterministic = False  # deterministic algorithms (for exact resume checks); slower
 CONFIG = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
@@ -71,7 +71,8 @@ CHECKS = [
 def parse_train_config(argv=None):
     """CONFIG overridden by the command line; Min_lr follows Init_lr unless given itself."""
     argv = sys.argv[1:] if argv is None else argv
-    config = parse_config(CONFIG, argv, description="Train the Siamese network.", choices=CHOICES, checks=CHECKS)
+    config = parse_config(CONFIG, argv, description="Train the Siamese network.", choices=CHOICES, checks=CHECKS,
+                          helps=config_comments(__file__))
     if not any(a.startswith("--Min_lr") for a in argv) and CONFIG["Min_lr"] == CONFIG["Init_lr"] * 0.01:
         config["Min_lr"] = config["Init_lr"] * 0.01
     return config

@@ -1,5 +1,6 @@
 """Command-line overrides for the config block at the top of a script (nanoGPT style, with --help)."""
 import argparse
+import re
 
 
 def parse_bool(text):
@@ -12,7 +13,14 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def build_parser(defaults, description="", choices=None, extra=None):
+def config_comments(source_path):
+    """{name: comment} for lines `name = value  # comment` of a script's config block."""
+    pattern = re.compile(r"^(\w+) = .*?  # (.+)$")
+    with open(source_path, encoding="utf-8") as f:
+        return {m.group(1): m.group(2).strip() for m in map(pattern.match, f) if m}
+
+
+def build_parser(defaults, description="", choices=None, extra=None, helps=None):
     """An ArgumentParser with one `--name` per config entry, typed from its default value.
 
     `choices` maps names to their allowed values; `extra` adds flags that are not config names,
@@ -21,7 +29,8 @@ def build_parser(defaults, description="", choices=None, extra=None):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     choices = choices or {}
     for name, default in defaults.items():
-        kwargs = {"default": default, "choices": choices.get(name), "metavar": name.upper() if name not in choices else None}
+        kwargs = {"default": default, "choices": choices.get(name), "help": (helps or {}).get(name, " "),
+                  "metavar": name.upper() if name not in choices else None}
         if isinstance(default, bool):
             kwargs.update(type=parse_bool, metavar="True|False")
         elif isinstance(default, (list, tuple)):
@@ -36,13 +45,13 @@ def build_parser(defaults, description="", choices=None, extra=None):
     return parser
 
 
-def parse_config(defaults, argv=None, description="", choices=None, extra=None, checks=()):
+def parse_config(defaults, argv=None, description="", choices=None, extra=None, checks=(), helps=None):
     """Return a dict of `defaults` overridden by `argv`; extra flags come back too.
 
     `checks` are functions of the parsed dict that return an error string or None; any error
     ends the program with argparse's one-line usage message (exit code 2).
     """
-    parser = build_parser(defaults, description, choices, extra)
+    parser = build_parser(defaults, description, choices, extra, helps)
     config = vars(parser.parse_args(argv))
     for name, value in config.items():
         if isinstance(defaults.get(name), tuple) and value is not None:

@@ -1,0 +1,118 @@
+"""Listing, splitting and pair sampling on real files on disk."""
+import random
+import shutil
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+from utils.dataloader import DataError, SiameseDataset, list_images, split_by_class, split_by_image, split_indices
+from utils.utils import preprocess
+
+
+def test_omniglot_layout_lists_one_class_per_character(omniglot_subset):
+    paths, labels, class_names, skipped = list_images(omniglot_subset)
+    alphabets = sorted(p.name for p in (omniglot_subset / "images_background").iterdir())
+    assert len(alphabets) == 2 and len(class_names) == 12 and len(paths) == 240 and skipped == 0
+    assert all(name.split("/")[0] in alphabets for name in class_names)
+    for path, label in zip(paths, labels):
+        alphabet, character = class_names[label].split("/")
+        assert path.split("/")[-3:-1] == [alphabet, character]
+    assert Counter(labels) == {label: 20 for label in range(12)}
+
+
+def test_own_data_layout_lists_one_class_per_folder(tmp_path, small1):
+    root = tmp_path / "own" / "images_background"
+    sources = sorted((small1 / "Greek").iterdir())[:3]
+    for i, source in enumerate(sources):
+        shutil.copytree(source, root / f"class_{i}")
+    (root / "class_0" / ".DS_Store").write_bytes(b"junk")
+    (root / "class_1" / "notes.txt").write_text("not an image")
+    paths, labels, class_names, skipped = list_images(tmp_path / "own", train_own_data=True)
+    assert class_names == ["class_0", "class_1", "class_2"]
+    assert len(paths) == 60 and skipped == 2
+    assert all(f"class_{label}" in path for path, label in zip(paths, labels))
+
+
+def test_missing_or_empty_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        list_images(tmp_path)
+    (tmp_path / "images_background" / "Alphabet" / "character01").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images found"):
+        list_images(tmp_path)
+
+
+def test_split_by_image_is_deterministic_and_complete():
+    labels = [i % 7 for i in range(100)]
+    train, val = split_by_image(labels, 0.9, seed=0)
+    assert (train, val) == split_by_image(labels, 0.9, seed=0)
+    assert len(train) == 90 and len(val) == 10 and sorted(train + val) == list(range(100))
+    assert train != list(range(90))  # shuffled, not the listing order
+
+
+def test_split_by_class_keeps_validation_classes_unseen():
+    labels = [i % 10 for i in range(200)]
+    train, val = split_indices(labels, "class", 0.8, seed=0)
+    assert (train, val) == split_by_class(labels, 0.8, seed=0)
+    train_classes, val_classes = {labels[i] for i in train}, {labels[i] for i in val}
+    assert len(train_classes) == 8 and len(val_classes) == 2 and not train_classes & val_classes
+
+
+def test_items_hold_one_positive_and_one_negative_pair(omniglot_subset):
+    paths, labels, class_names, _ = list_images(omniglot_subset)
+    label_of = dict(zip(paths, labels))
+    dataset = SiameseDataset(paths, labels, (32, 32), train=False)
+    for seed in range(8):
+        random.seed(seed)
+        (a, b), (c, d) = dataset.sample_pair()
+        assert len({a, b, c}) == 3 and label_of[a] == label_of[b] == label_of[c] != label_of[d]
+        random.seed(seed)
+        images, item_labels = dataset[0]
+        assert images.shape == (2, 2, 3, 32, 32) and images.dtype == torch.float32
+        assert sorted(item_labels.tolist()) == [0.0, 1.0]
+        expected = {1.0: (a, b), 0.0: (c, d)}
+        for pair, label in zip(images, item_labels.tolist()):
+            first, second = expected[label]
+            assert torch.equal(pair[0], preprocess(first, (32, 32)))
+            assert torch.equal(pair[1], preprocess(second, (32, 32)))
+
+
+def test_class_with_fewer_than_three_images_is_never_positive(tmp_path, small1):
+    root = tmp_path / "images_background"
+    characters = sorted((small1 / "Latin").iterdir())[:4]
+    counts = [2, 20, 1, 20]
+    for character, count in zip(characters, counts):
+        (root / character.name).mkdir(parents=True)
+        for image in sorted(character.glob("*.png"))[:count]:
+            shutil.copy(image, root / character.name / image.name)
+    paths, labels, _, _ = list_images(tmp_path, train_own_data=True)
+    dataset = SiameseDataset(paths, labels, (32, 32))
+    label_of = dict(zip(paths, labels))
+    random.seed(0)
+    positives, negatives = set(), set()
+    for _ in range(300):
+        (a, _b, ), (_c, d) = dataset.sample_pair()
+        positives.add(label_of[a])
+        negatives.add(label_of[d])
+    assert positives == {1, 3}
+    assert negatives == {0, 1, 2, 3}  # every class, the last one included, serves as a negative
+
+
+def test_training_items_are_augmented_at_the_input_size(omniglot_subset):
+    paths, labels, _, _ = list_images(omniglot_subset)
+    for augmentation in ("autoaugment", "jitter"):
+        dataset = SiameseDataset(paths, labels, (48, 40), train=True, augmentation=augmentation)
+        images, _ = dataset[0]
+        assert images.shape == (2, 2, 3, 48, 40)
+        assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_any_image_mode_becomes_three_channel_rgb(tmp_path):
+    modes = {"L": 128, "LA": (128, 255), "P": 3, "RGBA": (10, 20, 30, 255), "1": 1, "I;16": 40000}
+    for mode, colour in modes.items():
+        path = tmp_path / f"{mode.replace(';', '')}.png"
+        Image.new(mode, (40, 50), colour).save(path)
+        tensor = preprocess(path, (32, 32))
+        assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32, mode
+        assert 0.0 <= tensor.min() and tensor.max() <= 1.0

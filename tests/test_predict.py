@@ -1,0 +1,94 @@
+"""The predictor class and predict.py, with weights in the original's format."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import direct_probability, original_format_state_dict
+from PIL import Image
+
+from siamese import Siamese
+from utils.checkpoint import WeightsError
+from utils.utils import preprocess
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = [64, 64]
+
+
+@pytest.fixture(scope="module")
+def original_weights(tmp_path_factory):
+    """A plain state dict with the original repository's keys, saved as the original saves it."""
+    path = tmp_path_factory.mktemp("weights") / "Omniglot_vgg.pth"
+    torch.save(original_format_state_dict(SHAPE, seed=1), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_glyphs(small1):
+    character = sorted((small1 / "Greek").iterdir())[0]
+    return sorted(character.glob("*.png"))[:2]
+
+
+def run_predict(*args, stdin=None):
+    return subprocess.run([sys.executable, "predict.py", *map(str, args)], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_original_weights_give_the_direct_probability(original_weights, two_glyphs):
+    model = Siamese(model_path=str(original_weights), input_shape=SHAPE, cuda=False, verbose=False)
+    images = [Image.open(path) for path in two_glyphs]
+    probability = model.detect_image(*images, show=False)
+    state = torch.load(original_weights, weights_only=True)
+    batch = [preprocess(image, SHAPE).unsqueeze(0) for image in images]
+    expected = direct_probability(state, *batch).item()
+    assert probability == pytest.approx(expected, abs=1e-5)
+    assert 0.0 <= probability <= 1.0
+
+
+def test_figure_shows_both_images_and_the_score(original_weights, two_glyphs, tmp_path):
+    model = Siamese(model_path=str(original_weights), input_shape=SHAPE, cuda=False, verbose=False)
+    out = tmp_path / "pair.png"
+    model.detect_image(*[Image.open(path) for path in two_glyphs], show=True, save_path=str(out))
+    with Image.open(out) as figure:
+        assert figure.width > figure.height > 100
+
+
+def test_weights_for_another_input_size_are_reported_clearly(original_weights):
+    with pytest.raises(WeightsError, match=r"fully_connect1.weight .*input_shape the weights were trained at"):
+        Siamese(model_path=str(original_weights), input_shape=[105, 105], cuda=False, verbose=False)
+
+
+def test_missing_weights_are_reported_clearly(tmp_path):
+    with pytest.raises(WeightsError, match="no such weights file"):
+        Siamese(model_path=str(tmp_path / "none.pth"), cuda=False, verbose=False)
+
+
+def test_predict_prints_a_probability_and_exits(original_weights, two_glyphs, tmp_path):
+    out = tmp_path / "figure.png"
+    result = run_predict(*two_glyphs, "--model_path", original_weights, "--input_shape", *SHAPE, "--save", out)
+    assert result.returncode == 0, result.stderr
+    assert 0.0 <= float(result.stdout.strip().splitlines()[-1]) <= 1.0
+    assert out.is_file()
+
+
+def test_interactive_loop_survives_a_bad_path(original_weights, two_glyphs, tmp_path):
+    first, second = two_glyphs
+    lines = [str(tmp_path / "missing.png"), str(first), str(tmp_path), str(second), str(second), str(first)]
+    result = run_predict("--model_path", original_weights, "--input_shape", *SHAPE, "--show", "False",
+                         stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Open Error!") == 2
+    assert "missing.png: no such file" in result.stdout and "is a directory" in result.stdout
+    scores = [line for line in result.stdout.splitlines() if "Similarity of" in line]
+    assert len(scores) == 2
+    assert scores[0].split()[-1] == scores[1].split()[-1]  # the score is symmetric in its two images
+
+
+def test_predict_with_a_bad_weights_file_is_one_line(two_glyphs, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a torch file")
+    result = run_predict(*two_glyphs, "--model_path", bad)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad}: not a readable torch weights file")

@@ -1,0 +1,67 @@
+"""Learning-rate rules against numbers worked out by hand."""
+import pytest
+import torch
+
+from utils.schedule import lr_at_epoch, make_optimizer, scaled_lr
+
+approx = lambda x: pytest.approx(x, rel=1e-9)  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "optimizer, batch, init_lr, min_lr, expected",
+    [
+        ("sgd", 32, 1e-2, 1e-4, (5e-3, 5e-5)),  # half the nominal batch, inside the limits
+        ("sgd", 1024, 1e-2, 1e-4, (1e-1, 1e-3)),  # 0.16 and 1.6e-3 clamp to hi and hi / 100
+        ("sgd", 2, 1e-2, 1e-4, (5e-4, 5e-6)),  # 3.1e-4 and 3.1e-6 clamp to lo and lo / 100
+        ("adam", 32, 1e-3, 1e-5, (5e-4, 5e-6)),
+        ("adam", 256, 1e-3, 1e-5, (1e-3, 1e-5)),  # 4e-3 and 4e-5 clamp to hi and hi / 100
+        ("adam", 8, 1e-3, 1e-5, (3e-4, 3e-6)),  # 1.25e-4 and 1.25e-6 clamp to lo and lo / 100
+    ],
+)
+def test_scaled_lr_is_clamped(optimizer, batch, init_lr, min_lr, expected):
+    lr, low = scaled_lr(batch, init_lr, min_lr, optimizer)
+    assert (lr, low) == (approx(expected[0]), approx(expected[1]))
+
+
+def test_cos_schedule_warmup_cosine_and_plateau():
+    # 100 epochs: 3 warm-up epochs from 0.01, cosine over 92 epochs, the last 5 at min_lr
+    lr = lambda epoch: lr_at_epoch(epoch, 0.1, 0.001, 100, "cos")  # noqa: E731
+    assert lr(0) == approx(0.01)
+    assert lr(1) == approx(0.01 + 0.09 / 9)
+    assert lr(2) == approx(0.01 + 0.09 * 4 / 9)
+    assert lr(3) == approx(0.1)
+    assert lr(49) == approx(0.001 + 0.5 * 0.099)  # half-way through the cosine
+    assert lr(94) > 0.001
+    assert lr(95) == approx(0.001) and lr(99) == approx(0.001)
+    values = [lr(e) for e in range(3, 96)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_cos_schedule_short_run():
+    # 10 epochs: 1 warm-up epoch, cosine over 8, the last epoch at min_lr
+    lr = lambda epoch: lr_at_epoch(epoch, 0.1, 0.001, 10, "cos")  # noqa: E731
+    assert (lr(0), lr(1), lr(5), lr(9)) == (approx(0.01), approx(0.1), approx(0.0505), approx(0.001))
+
+
+def test_step_schedule_ten_steps():
+    decay = (0.001 / 0.1) ** (1 / 9)
+    lr = lambda epoch: lr_at_epoch(epoch, 0.1, 0.001, 100, "step")  # noqa: E731
+    assert lr(0) == approx(0.1) and lr(9) == approx(0.1)
+    assert lr(10) == approx(0.1 * decay) and lr(45) == approx(0.1 * decay**4)
+    assert lr(99) == approx(0.001)
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="cos, step"):
+        lr_at_epoch(0, 0.1, 0.001, 10, "linear")
+    with pytest.raises(ValueError, match="adam, sgd"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(1))], "rmsprop", 0.1, 0.9, 0)
+
+
+def test_optimizers_follow_the_original():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    adam = make_optimizer(params, "adam", 1e-3, 0.9, 5e-4)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.9, 0.999)
+    assert adam.defaults["weight_decay"] == 5e-4
+    sgd = make_optimizer(params, "sgd", 1e-2, 0.9, 5e-4)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9

@@ -1,0 +1,81 @@
+"""A real training run from the command line, and starting a second run from its weights."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_train(*args, cwd=ROOT, timeout=600):
+    """Run train.py with `args`; returns the completed process (output captured)."""
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+SMALL_RUN = ["--Epoch", 2, "--batch_size", 8, "--input_shape", 32, 32, "--pretrained", "False",
+             "--num_workers", 0, "--train_ratio", 0.8, "--save_period", 1]
+
+
+def test_two_epochs_write_weights_losses_and_plot_then_reload(omniglot_subset, tmp_path):
+    save_dir = tmp_path / "logs"
+    result = run_train(*SMALL_RUN, "--dataset_path", omniglot_subset, "--save_dir", save_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "training on the CPU" in result.stdout
+    assert "Warning:" in result.stdout and "recommended" in result.stdout  # far below 30,000 steps
+
+    names = {p.name for p in save_dir.iterdir()}
+    assert {"best_epoch_weights.pth", "last_epoch_weights.pth", "last.ckpt"} <= names
+    epoch_files = sorted(n for n in names if n.startswith("ep"))
+    assert [n[:5] for n in epoch_files] == ["ep001", "ep002"]
+    assert all(n.endswith(".pth") and "-loss" in n and "-val_loss" in n for n in epoch_files)
+
+    (log_dir,) = save_dir.glob("loss_*")
+    losses = [float(x) for x in (log_dir / "epoch_loss.txt").read_text().split()]
+    val_losses = [float(x) for x in (log_dir / "epoch_val_loss.txt").read_text().split()]
+    assert len(losses) == len(val_losses) == 2 and all(math.isfinite(x) for x in losses + val_losses)
+    assert (log_dir / "epoch_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{losses[1]:.3f}" in epoch_files[1]
+
+    weights = torch.load(save_dir / "last_epoch_weights.pth", weights_only=True)
+    assert set(weights) >= {"vgg.features.0.weight", "fully_connect1.weight", "fully_connect2.bias"}
+
+    second = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", tmp_path / "again",
+                       "--model_path", save_dir / "last_epoch_weights.pth")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"Loaded {len(weights)} keys" in second.stdout and "not loaded (0)" in second.stdout
+
+
+def test_model_path_of_another_input_size_loads_the_matching_keys(omniglot_subset, tmp_path):
+    from nets.siamese import Siamese
+
+    weights = tmp_path / "other_size.pth"
+    torch.save(Siamese((64, 64)).state_dict(), weights)
+    result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", tmp_path / "logs",
+                       "--model_path", weights)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 26 conv tensors and 3 head tensors fit; fully_connect1.weight takes 2048 features, not 512
+    assert "Loaded 29 keys" in result.stdout and "not loaded (1): fully_connect1.weight" in result.stdout
+
+
+def test_help_lists_every_config_name():
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    for name in train.CONFIG:
+        assert f"--{name}" in result.stdout
+    assert "(default: 0.01)" in result.stdout
+
+
+def test_command_line_overrides_the_config_block():
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    config = train.parse_train_config(["--Epoch", "5", "--input_shape", "64", "48", "--pretrained", "False",
+                                       "--Init_lr", "0.001", "--optimizer_type", "adam"])
+    assert config["Epoch"] == 5 and config["input_shape"] == [64, 48] and config["pretrained"] is False
+    assert config["Min_lr"] == 0.001 * 0.01 and config["optimizer_type"] == "adam"
+    assert config["batch_size"] == train.CONFIG["batch_size"]
