@@ -24,9 +24,11 @@ def safe_load(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines() if "Unsupported" in line or "WeightsUnpickler" in line]
+        lines = [line.strip() for line in str(e).splitlines() if line.strip().startswith("Unsupported")]
         reason = lines[0] if lines else type(e).__name__
-        raise WeightsError(f"{path}: refused to load, it holds objects other than weights ({reason})") from None
+        if "global" in reason:  # a class or function reference: the file wants to run code
+            raise WeightsError(f"{path}: refused to load, it holds objects other than weights ({reason})") from None
+        raise WeightsError(f"{path}: not a readable torch weights file ({reason})") from None
     except Exception as e:  # zip/EOF/format errors: not a torch file or truncated
         raise WeightsError(f"{path}: not a readable torch weights file ({type(e).__name__}: {e})") from None
 
