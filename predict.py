@@ -52,7 +52,8 @@ def main(argv=None):
         model = Siamese(model_path=args.model_path, input_shape=args.input_shape,
                         letterbox_image=args.letterbox_image, cuda=args.cuda, verbose=not args.images)
     except WeightsError as e:
-        raise SystemExit(f"error: {e}")
+        hint = "" if os.path.exists(args.model_path) else "; train first and pass --model_path logs/best_epoch_weights.pth"
+        raise SystemExit(f"error: {e}{hint}")
     if args.images:
         try:
             image_1, image_2 = (open_image(path) for path in args.images)

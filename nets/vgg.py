@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
+from utils.checkpoint import WeightsError
+
 IMAGENET_WEIGHTS_URL = VGG16_Weights.IMAGENET1K_V1.url  # .../vgg16-397923af.pth
 IMAGENET_WEIGHTS_FILE = os.path.basename(IMAGENET_WEIGHTS_URL)
 
@@ -28,7 +30,7 @@ def load_imagenet_features(backbone, model_dir="model_data", url=IMAGENET_WEIGHT
     """Copy ImageNet weights into `backbone.features`.
 
     Looks for the torchvision file in `model_dir` first, downloads it there through torch's
-    hub machinery second, and raises a RuntimeError saying where to put it third.
+    hub machinery second, and raises a WeightsError saying where to put it third.
     """
     try:
         state = torch.hub.load_state_dict_from_url(
@@ -36,7 +38,7 @@ def load_imagenet_features(backbone, model_dir="model_data", url=IMAGENET_WEIGHT
         )
     except Exception as e:  # urllib, hash and unpickling errors all mean the same to the user
         target = os.path.join(model_dir, os.path.basename(url))
-        raise RuntimeError(
+        raise WeightsError(
             f"cannot load ImageNet VGG16 weights ({type(e).__name__}: {e}); put {os.path.basename(url)} "
             f"at {target} (from {url}) or set pretrained = False"
         ) from None

@@ -6,6 +6,7 @@ from torchvision.models import vgg16
 
 from nets.siamese import Siamese, flat_features
 from nets.vgg import load_imagenet_features
+from utils.checkpoint import WeightsError
 
 def test_state_dict_keys_match_the_original_format():
     keys = set(Siamese((64, 64)).state_dict())
@@ -62,5 +63,5 @@ def test_imagenet_weights_download_into_model_data(tmp_path):
 def test_missing_imagenet_weights_say_where_to_put_them(tmp_path):
     backbone = Siamese((32, 32)).vgg
     url = (tmp_path / "nowhere" / "vgg16-397923af.pth").as_uri()
-    with pytest.raises(RuntimeError, match=r"put vgg16-397923af.pth at .*model_data.* or set pretrained = False"):
+    with pytest.raises(WeightsError, match=r"put vgg16-397923af.pth at .*model_data.* or set pretrained = False"):
         load_imagenet_features(backbone, str(tmp_path / "model_data"), url=url)
