@@ -113,9 +113,10 @@ def main(config):
         )
     paths, labels, class_names, skipped = list_images(c["dataset_path"], c["train_own_data"])
     train_idx, val_idx = split_indices(labels, c["split_by"], c["train_ratio"], seed=0)
-    pick = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
-    train_set = SiameseDataset(*pick(train_idx), c["input_shape"], train=True, augmentation=c["augmentation"], name="training")
-    val_set = SiameseDataset(*pick(val_idx), c["input_shape"], train=False, name="validation")
+    train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c["input_shape"],
+                               train=True, augmentation=c["augmentation"], name="training")
+    val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c["input_shape"],
+                             train=False, name="validation")
     num_train, num_val = len(train_set), len(val_set)
     epoch_step, epoch_step_val = num_train // c["batch_size"], num_val // c["batch_size"]
     if epoch_step == 0 or epoch_step_val == 0:
@@ -123,8 +124,9 @@ def main(config):
             f"dataset too small: {num_train} training and {num_val} validation images for batch_size "
             f"{c['batch_size']}; lower batch_size or add images"
         )
-    show_config(**c, num_classes=len(class_names), num_train=num_train, num_val=num_val, skipped_files=skipped,
-                device=f"{device} x {world_size}") if is_main else None
+    if is_main:
+        show_config(**c, num_classes=len(class_names), num_train=num_train, num_val=num_val, skipped_files=skipped,
+                    device=f"{device} x {world_size}")
 
     lr, min_lr = scaled_lr(c["batch_size"], c["Init_lr"], c["Min_lr"], c["optimizer_type"])
     total_steps = epoch_step * c["Epoch"]
@@ -154,7 +156,8 @@ def main(config):
         scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, best_val_loss = checkpoint["epoch"], checkpoint["best_val_loss"]
         losses, val_losses, log_dir = checkpoint["losses"], checkpoint["val_losses"], checkpoint["log_dir"]
-        set_rng_state(checkpoint["rng"]) if world_size == 1 else None
+        if world_size == 1:  # the random states are rank 0's; other ranks keep their own seeds
+            set_rng_state(checkpoint["rng"])
         say(f"Resuming from {c['resume']} at epoch {start_epoch + 1}/{c['Epoch']}")
     history = LossHistory(log_dir, losses, val_losses) if is_main else None
 
