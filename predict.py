@@ -3,32 +3,34 @@
     python predict.py                       # asks for two image paths, again and again
     python predict.py A.png B.png           # prints the probability and exits
     python predict.py A.png B.png --save out.png --model_path logs/best_epoch_weights.pth --input_shape 105 105
+    python predict.py --gallery DIR QUERY.png --top 5   # rank DIR's images and classes by similarity
 """
 import argparse
 import os
 import sys
 
-from siamese import Siamese
+from siamese import add_predictor_args, predictor_from_args
 from utils.checkpoint import WeightsError
+from utils.dataloader import DataError
+from utils.gallery import rank_gallery
 from utils.config import parse_bool
 from utils.utils import ImageError, open_image
 
 
 def parse_args(argv=None):
-    defaults = Siamese._defaults
     parser = argparse.ArgumentParser(description="Similarity of two images (1 = same class, 0 = different).")
-    parser.add_argument("images", nargs="*", help="two image paths; none for the interactive loop")
-    parser.add_argument("--model_path", default=defaults["model_path"], help="trained Siamese weights (.pth)")
-    parser.add_argument("--input_shape", type=int, nargs=2, default=defaults["input_shape"], metavar=("H", "W"),
-                        help="the input size the weights were trained at")
-    parser.add_argument("--letterbox_image", type=parse_bool, default=defaults["letterbox_image"], metavar="True|False",
-                        help="keep aspect ratio with grey padding instead of resize + centre crop")
-    parser.add_argument("--cuda", type=parse_bool, default=defaults["cuda"], metavar="True|False")
+    parser.add_argument("images", nargs="*", help="two image paths; none for the interactive loop; one with --gallery")
+    add_predictor_args(parser)
+    parser.add_argument("--gallery", default="",
+                        help="rank this folder's images (and class subfolders) by similarity to one query image")
+    parser.add_argument("--top", type=int, default=5, help="how many gallery matches to print")
     parser.add_argument("--save", default="", help="write the side-by-side figure to this PNG")
     parser.add_argument("--show", type=parse_bool, default=None, metavar="True|False",
                         help="open a window with the figure (default: only in the interactive loop)")
     args = parser.parse_args(argv)
-    if len(args.images) not in (0, 2):
+    if args.gallery and len(args.images) != 1:
+        parser.error(f"--gallery takes one query image, not {len(args.images)}")
+    if not args.gallery and len(args.images) not in (0, 2):
         parser.error(f"give two image paths or none, not {len(args.images)}")
     return args
 
@@ -46,14 +48,30 @@ def ask_image(prompt):
             print(f"Open Error! {e}. Try again!")
 
 
+def search_gallery(model, gallery, query, top):
+    """Print the gallery's best-matching images and classes for `query`."""
+    try:
+        images, classes = rank_gallery(model, gallery, open_image(query), top)
+    except (ImageError, DataError) as e:
+        raise SystemExit(f"error: {e}")
+    print(f"Top {len(images)} images in {gallery} for {query}:")
+    for score, name in images:
+        print(f"  {score:.4f}  {os.path.join(gallery, name)}")
+    if classes:
+        print(f"Top {len(classes)} classes (best image score):")
+        for score, cls, name in classes:
+            print(f"  {score:.4f}  {cls}  ({os.path.basename(name)})")
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model = Siamese(model_path=args.model_path, input_shape=args.input_shape,
-                        letterbox_image=args.letterbox_image, cuda=args.cuda, verbose=not args.images)
+        model = predictor_from_args(args, verbose=not args.images)
     except WeightsError as e:
         hint = "" if os.path.exists(args.model_path) else "; train first and pass --model_path logs/best_epoch_weights.pth"
         raise SystemExit(f"error: {e}{hint}")
+    if args.gallery:
+        return search_gallery(model, args.gallery, args.images[0], args.top)
     if args.images:
         try:
             image_1, image_2 = (open_image(path) for path in args.images)

@@ -5,6 +5,7 @@ import torch
 
 from nets.siamese import Siamese as SiameseNet
 from utils.checkpoint import load_exact
+from utils.config import parse_bool
 from utils.utils import preprocess, show_config
 
 
@@ -67,6 +68,23 @@ class Siamese:
         if show or save_path:
             draw_pair(image_1, image_2, f"Similarity: {probability:.3f}", save_path, show)
         return probability
+
+
+def add_predictor_args(parser):
+    """Add the predictor's settings (--model_path, --input_shape, --letterbox_image, --cuda) to an argparse parser."""
+    defaults = Siamese._defaults
+    parser.add_argument("--model_path", default=defaults["model_path"], help="trained Siamese weights (.pth)")
+    parser.add_argument("--input_shape", type=int, nargs=2, default=defaults["input_shape"], metavar=("H", "W"),
+                        help="the input size the weights were trained at")
+    parser.add_argument("--letterbox_image", type=parse_bool, default=defaults["letterbox_image"], metavar="True|False",
+                        help="keep aspect ratio with grey padding instead of resize + centre crop")
+    parser.add_argument("--cuda", type=parse_bool, default=defaults["cuda"], metavar="True|False")
+
+
+def predictor_from_args(args, verbose=True):
+    """A Siamese predictor from parsed `add_predictor_args` settings."""
+    return Siamese(model_path=args.model_path, input_shape=args.input_shape, letterbox_image=args.letterbox_image,
+                   cuda=args.cuda, verbose=verbose)
 
 
 def draw_pair(image_1, image_2, title, save_path=None, show=True):

@@ -1,4 +1,4 @@
-"""One-shot evaluation: N-way k-shot tasks, Lake's official runs, and pair verification metrics.
+"""One-shot evaluation: N-way k-shot tasks, Lake's official runs, pair verification and a speed benchmark.
 
 Every image is embedded once (batched, through the predictor's `embed`); pairs are scored with the
 head alone. Ties are broken at random with a seeded generator, so a model that scores every pair
@@ -7,6 +7,7 @@ the same gets chance accuracy, never credit for the right answer's position.
 import math
 import os
 import random
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -153,3 +154,206 @@ def evaluate_folder(predictor, folder, way=20, shot=1, trials=400, within_alphab
         lambda images: embed_images(predictor, images, progress=progress),
         predictor.score_pairs, way, shot, trials, within_alphabet, seed,
     )
+
+
+def parse_run(run_dir):
+    """One run of Lake's `all_runs` -> (test_paths, training_paths, answers).
+
+    `answers[i]` is the index in `training_paths` of test item i's class, read from `class_labels.txt`
+    (lines `runNN/test/itemXX.png runNN/training/classYY.png`).
+    """
+    labels_file = os.path.join(run_dir, "class_labels.txt")
+    if not os.path.isfile(labels_file):
+        raise DataError(f"{labels_file}: no such file (expected Lake's run layout: training/, test/, class_labels.txt)")
+    training_dir = os.path.join(run_dir, "training")
+    names = os.listdir(training_dir) if os.path.isdir(training_dir) else []
+    training_paths = sorted(os.path.join(training_dir, name) for name in names if is_image_file(name))
+    if not training_paths:
+        raise DataError(f"{training_dir}: no training images")
+    test_paths, answers = [], []
+    with open(labels_file) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 2:
+                raise DataError(f"{labels_file}:{number}: expected 'test/itemXX.png training/classYY.png', "
+                                f"got {line.strip()!r}")
+            # the last two path parts locate the file inside this run, whatever the runs folder is called
+            test, train = (os.path.join(run_dir, *field.replace("\\", "/").split("/")[-2:]) for field in fields)
+            if not os.path.isfile(test):
+                raise DataError(f"{labels_file}:{number}: test image {test} does not exist")
+            if train not in training_paths:
+                raise DataError(f"{labels_file}:{number}: {train} is not one of the run's training images")
+            test_paths.append(test)
+            answers.append(training_paths.index(train))
+    if not test_paths:
+        raise DataError(f"{labels_file}: no test items listed")
+    return test_paths, training_paths, answers
+
+
+def list_runs(runs_dir):
+    """The run folders of Lake's `all_runs` (those holding class_labels.txt), sorted; `runs_dir` may be one run."""
+    if os.path.isfile(os.path.join(runs_dir, "class_labels.txt")):
+        return [runs_dir]
+    if not os.path.isdir(runs_dir):
+        raise DataError(f"{runs_dir}: no such folder")
+    runs = sorted(e.path for e in os.scandir(runs_dir) if os.path.isfile(os.path.join(e.path, "class_labels.txt")))
+    if not runs:
+        raise DataError(f"{runs_dir}: no run folders with class_labels.txt (expected run01 ... run20)")
+    return runs
+
+
+def evaluate_runs_embedded(runs, embed_fn, score_fn, seed=0):
+    """Lake's protocol with any `embed_fn`/`score_fn` (see `run_tasks`) on a list of run folders.
+
+    All images of all runs are embedded in one batched pass. Returns a dict: runs (folder names),
+    errors (per-run error, percent), error (mean over runs, percent), ci95 (half-width over runs, percent).
+    """
+    parsed = [parse_run(run) for run in runs]
+    paths, tasks_by_run = [], []
+    for test_paths, training_paths, answers in parsed:
+        first = len(paths)
+        paths += training_paths + test_paths
+        candidates = [[first + j] for j in range(len(training_paths))]
+        queries = range(first + len(training_paths), len(paths))
+        tasks_by_run.append([(q, candidates, a) for q, a in zip(queries, answers)])
+    embeddings = embed_fn(paths)
+    errors = [100.0 * (1 - np.mean(run_tasks(tasks, embeddings, score_fn, seed + n)))
+              for n, tasks in enumerate(tasks_by_run)]
+    error, ci95 = mean_ci(errors)
+    names = [os.path.basename(os.path.normpath(run)) for run in runs]
+    return {"runs": names, "errors": errors, "error": error, "ci95": ci95}
+
+
+def evaluate_runs(predictor, runs_dir, seed=0, progress=True):
+    """Lake's official one-shot protocol for a `siamese.Siamese` predictor on `runs_dir` (all_runs); see above."""
+    return evaluate_runs_embedded(
+        list_runs(runs_dir), lambda images: embed_images(predictor, images, progress=progress),
+        predictor.score_pairs, seed,
+    )
+
+
+def sample_pairs(labels, pairs=1000, seed=0):
+    """`pairs` labelled index pairs, half same-class (label 1) and half different-class (label 0)."""
+    rng = random.Random(seed)
+    by_class = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_class[label].append(index)
+    classes = sorted(by_class)
+    positive_classes = [c for c in classes if len(by_class[c]) >= 2]
+    if len(classes) < 2 or not positive_classes:
+        raise DataError(f"verification needs at least 2 classes and one class with 2 images; "
+                        f"found {len(classes)} classes")
+    sampled = []
+    for n in range(pairs):
+        if n % 2 == 0:
+            a, b = rng.sample(by_class[rng.choice(positive_classes)], 2)
+            sampled.append((a, b, 1))
+        else:
+            c, d = rng.sample(classes, 2)
+            sampled.append((rng.choice(by_class[c]), rng.choice(by_class[d]), 0))
+    return sampled
+
+
+def roc_auc(scores, labels):
+    """Area under the ROC curve: the chance a random positive outscores a random negative (ties count half)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average 1-based rank within ties
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def metrics_at(scores, labels, threshold):
+    """Accuracy, precision and recall when pairs scoring >= `threshold` are called the same class."""
+    predicted, labels = np.asarray(scores) >= threshold, np.asarray(labels).astype(bool)
+    true_positives = int((predicted & labels).sum())
+    return {
+        "threshold": float(threshold),
+        "accuracy": float((predicted == labels).mean()),
+        "precision": true_positives / int(predicted.sum()) if predicted.any() else 0.0,
+        "recall": true_positives / int(labels.sum()) if labels.any() else 0.0,
+    }
+
+
+def best_threshold(scores, labels):
+    """The score threshold (predict same when score >= it) with the highest accuracy on these pairs."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], labels[order]
+    true_positives, false_positives = np.cumsum(hits), np.cumsum(~hits)
+    last_of_tie = np.append(ranked[1:] != ranked[:-1], True)  # cut only between different scores
+    correct = true_positives + (~labels).sum() - false_positives
+    correct = np.where(last_of_tie, correct, -1)
+    if correct.max() < (~labels).sum():  # calling nothing "same" is better
+        return float(np.nextafter(ranked[0], np.inf)) if len(ranked) else 0.5
+    return float(ranked[int(np.argmax(correct))])
+
+
+def verification_metrics(scores, labels):
+    """ROC AUC, the best-accuracy threshold with its accuracy/precision/recall, and the same at 0.5."""
+    threshold = best_threshold(scores, labels)
+    return {"auc": roc_auc(scores, labels), "best": metrics_at(scores, labels, threshold),
+            "at_0.5": metrics_at(scores, labels, 0.5), "pairs": len(labels), "positives": int(np.sum(labels))}
+
+
+def evaluate_verification(predictor, folder, pairs=1000, seed=0, own_data=None, progress=True):
+    """Verification metrics of a predictor on `pairs` labelled pairs sampled from `folder`; see verification_metrics."""
+    paths, labels, _, _ = list_classes(folder, own_data)
+    sampled = sample_pairs(labels, pairs, seed)
+    used = sorted({i for a, b, _ in sampled for i in (a, b)})
+    position = {index: row for row, index in enumerate(used)}
+    embeddings = embed_images(predictor, [paths[i] for i in used], progress=progress)
+    first = embeddings[[position[a] for a, _, _ in sampled]]
+    second = embeddings[[position[b] for _, b, _ in sampled]]
+    scores = torch.cat([predictor.score_pairs(x, y) for x, y in zip(first.split(1024), second.split(1024))])
+    return verification_metrics(scores.numpy(), [label for _, _, label in sampled])
+
+
+def _timed(fn, repeats, device):
+    """Best wall time of `repeats` calls of fn (synchronising CUDA)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.inference_mode()
+def benchmark_task(predictor, queries, candidates, batch_size=64, repeats=3):
+    """Time one way-way task (every query against every candidate) three ways, best of `repeats`.
+
+    Images are preprocessed once beforehand in all three. Returns seconds for: `cached` (head only on
+    the way*way pairs, embeddings already cached), `embed_once` (embed the 2*way images once, then the
+    head), `full_network` (every pair through backbone and head, batched), and `pairs`.
+    """
+    net, device = predictor.net, predictor.device
+    images = torch.stack([predictor.preprocess(image) for image in list(queries) + list(candidates)]).to(device)
+    way = len(candidates)
+    query_rows = torch.arange(len(queries)).repeat_interleave(way)
+    candidate_rows = len(queries) + torch.arange(way).repeat(len(queries))
+
+    def embed_all():
+        return torch.cat([net.embed(batch) for batch in images.split(batch_size)])
+
+    embeddings = embed_all()
+
+    def head(emb):
+        return net.score(emb[query_rows], emb[candidate_rows])
+
+    def full():
+        for rows1, rows2 in zip(query_rows.split(batch_size), candidate_rows.split(batch_size)):
+            net(images[rows1], images[rows2])
+
+    return {
+        "pairs": len(query_rows),
+        "cached": _timed(lambda: head(embeddings), repeats, device),
+        "embed_once": _timed(lambda: head(embed_all()), repeats, device),
+        "full_network": _timed(full, repeats, device),
+    }
