@@ -12,10 +12,11 @@ import eval_oneshot
 import predict
 from nets.siamese import Siamese as SiameseNet
 from siamese import Siamese
+from utils.dataloader import DataError
 from utils.gallery import CACHE_NAME, gallery_embeddings, rank_gallery
 from utils.oneshot import (benchmark_task, best_threshold, evaluate_embedded, evaluate_folder, evaluate_runs,
                            evaluate_runs_embedded, evaluate_verification, list_classes, list_runs, metrics_at,
-                           parse_run, pick_best, roc_auc)
+                           parse_run, pick_best, roc_auc, sample_tasks)
 from utils.utils import preprocess
 
 SHAPE = [32, 32]
@@ -133,6 +134,16 @@ def test_nway_kshot_plumbing_with_pixel_distance(small2, tmp_path, way, shot, wi
     assert result["accuracy"] == 1.0 and result["chance"] == 1 / way
     result = evaluate_embedded(paths, labels, groups, pixels, equal_scores, way=way, shot=shot, trials=400)
     assert abs(result["accuracy"] - 1 / way) < 3 * result["ci95"]
+
+
+def test_too_few_classes_is_a_clear_error(small2, tmp_path):
+    folder = make_subset(small2, tmp_path, alphabets=2, characters=6, drawers=2) / "images_background"
+    _, labels, _, groups = list_classes(folder)
+    assert len(sample_tasks(labels, groups, way=12, trials=3)) == 3
+    with pytest.raises(DataError, match="12 classes with at least 2 images in one alphabet; found 6"):
+        sample_tasks(labels, groups, way=12, within_alphabet=True)
+    with pytest.raises(DataError, match="12 classes with at least 3 images in the folder; found 0"):
+        sample_tasks(labels, groups, way=12, shot=2)
 
 
 def test_ties_are_broken_at_random_not_by_position():

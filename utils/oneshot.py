@@ -72,11 +72,12 @@ def sample_tasks(labels, groups, way=20, shot=1, trials=400, within_alphabet=Fal
     pools = defaultdict(list)
     for c in usable:
         pools[groups[c] if within_alphabet else ""].append(c)
+    largest = max((len(pool) for pool in pools.values()), default=0)
     pools = [pool for _, pool in sorted(pools.items()) if len(pool) >= way]
     if not pools:
         where = "one alphabet" if within_alphabet else "the folder"
         raise DataError(f"a {way}-way {shot}-shot task needs {way} classes with at least {shot + 1} images "
-                        f"in {where}; found {max((len(p) for p in pools), default=len(usable))}")
+                        f"in {where}; found {largest}")
     tasks = []
     for _ in range(trials):
         classes = rng.sample(rng.choice(pools), way)
