@@ -3,7 +3,8 @@ import os
 
 import torch
 from torch import nn
-from torchvision.models import VGG16_Weights, vgg16
+from torchvision.models import VGG16_Weights
+from torchvision.models.vgg import cfgs, make_layers
 
 from utils.checkpoint import WeightsError
 
@@ -20,7 +21,11 @@ class VGG16Backbone(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = vgg16(weights=None).features
+        self.features = make_layers(cfgs["D"])  # only the conv part: building all of vgg16 peaks at 1 GB more
+        for module in self.features.modules():
+            if isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x):
         return self.features(x)

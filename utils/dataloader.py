@@ -129,6 +129,72 @@ def train_transform(input_shape, augmentation="autoaugment"):
     return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True)])
 
 
+class BatchAutoAugment:
+    """The `autoaugment` pipeline of `train_transform` applied to many images at once: same distribution, much faster.
+
+    Every image draws its own crop, flip and AutoAugment sub-policy exactly as torchvision does, and
+    images that drew the same AutoAugment op and magnitude go through torchvision's op together, in
+    sub-policy order: one call per op instead of one per image.
+    Takes a list of uint8 (1 or 3, H, W) images; returns float (N, 3, h, w) in [0, 1].
+    """
+
+    def __init__(self, input_shape):
+        self.size = list(input_shape)
+        self.crop = v2.RandomResizedCrop(self.size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
+        self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=GREY)
+
+    def resized_crop(self, images):
+        """Random resized crop and flip of each image -> uint8 (N, C, h, w), bilinear with antialiasing."""
+        channels = max(image.shape[0] for image in images)
+        out = torch.empty((len(images), channels, *self.size), dtype=torch.uint8)
+        flips = (torch.rand(len(images)) < 0.5).tolist()
+        for i, (image, flip) in enumerate(zip(images, flips)):
+            box = self.crop.make_params([image])
+            crop = image[None, :, box["top"]: box["top"] + box["height"], box["left"]: box["left"] + box["width"]]
+            crop = crop.flip(-1) if flip else crop  # flipping before the (symmetric) resize is the same, and smaller
+            resized = torch.nn.functional.interpolate(crop.float(), self.size, mode="bilinear", antialias=True)
+            out[i] = resized.round_().clamp_(0, 255)[0]  # a grey image broadcasts into RGB when the batch mixes them
+        return out
+
+    def auto_augment(self, images):
+        """One AutoAugment ImageNet sub-policy per image, applied in place to uint8 (N, C, h, w)."""
+        aa = self.autoaugment
+        height, width = images.shape[-2:]
+        policies = torch.randint(len(aa._policies), (len(images),)).tolist()
+        magnitudes = {name: fn(10, height, width) for name, (fn, _) in aa._AUGMENTATION_SPACE.items()}
+        draws, signs = torch.rand(len(images), 2).tolist(), torch.rand(len(images), 2).tolist()
+        for slot in range(2):
+            groups = defaultdict(list)
+            for i, policy in enumerate(policies):
+                transform_id, probability, magnitude_idx = aa._policies[policy][slot]
+                if not draws[i][slot] <= probability:
+                    continue
+                bins = magnitudes[transform_id]
+                magnitude = 0.0 if bins is None else float(bins[magnitude_idx])
+                if aa._AUGMENTATION_SPACE[transform_id][1] and signs[i][slot] <= 0.5:  # signed op
+                    magnitude = -magnitude
+                groups[transform_id, magnitude].append(i)
+            for (transform_id, magnitude), indices in groups.items():
+                images[indices] = aa._apply_image_or_video_transform(
+                    images[indices], transform_id, magnitude, interpolation=aa.interpolation, fill=aa._fill
+                )
+        return images
+
+    def __call__(self, images):
+        augmented = self.auto_augment(self.resized_crop(images))
+        return v2.functional.to_dtype(augmented, torch.float32, scale=True).expand(-1, 3, -1, -1)
+
+
+class PerImage:
+    """A per-image transform applied to a list of uint8 (1 or 3, H, W) images -> float (N, 3, h, w)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, images):
+        return torch.stack([self.transform(image).expand(3, -1, -1) for image in images])
+
+
 class SiameseDataset(Dataset):
     """Each item is two labelled pairs: (a, b) of one class -> 1, (c, d) of two classes -> 0.
 
@@ -139,8 +205,11 @@ class SiameseDataset(Dataset):
     """
 
     def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset"):
-        self.paths = list(paths)
-        self.transform = train_transform(input_shape, augmentation) if train else eval_transform(input_shape)
+        self.paths, self.input_shape = list(paths), list(input_shape)
+        if train and augmentation == "autoaugment":
+            self.transform = BatchAutoAugment(input_shape)
+        else:
+            self.transform = PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
         self.by_class = defaultdict(list)
         for path, label in zip(self.paths, labels):
             self.by_class[label].append(path)
@@ -168,10 +237,21 @@ class SiameseDataset(Dataset):
         d = random.choice(self.by_class[self.classes[other]])
         return (a, b), (c, d)
 
+    def __getitems__(self, indices):
+        """A whole batch of items: every image is decoded once, then all are augmented together.
+
+        Greyscale PNGs stay one channel until the end (channel-wise ops, a third of the work).
+        """
+        drawn = []
+        for _ in indices:
+            positive, negative = self.sample_pair()
+            items = [(positive, 1.0), (negative, 0.0)]
+            random.shuffle(items)
+            drawn.append(items)
+        paths = [path for items in drawn for pair, _ in items for path in pair]
+        images = self.transform([load_image(path, keep_grey=True) for path in paths])
+        images = images.unflatten(0, (len(drawn), 2, 2))
+        return [(images[k], torch.tensor([label for _, label in items])) for k, items in enumerate(drawn)]
+
     def __getitem__(self, index):
-        positive, negative = self.sample_pair()
-        items = [(positive, 1.0), (negative, 0.0)]
-        random.shuffle(items)
-        images = torch.stack([torch.stack([self.transform(load_image(p)) for p in pair]) for pair, _ in items])
-        labels = torch.tensor([label for _, label in items], dtype=torch.float32)
-        return images, labels
+        return self.__getitems__([index])[0]
