@@ -2,6 +2,7 @@
 
 Edit the config block below, or override any name on the command line with the same spelling:
     python train.py --Epoch 5 --batch_size 8 --input_shape 64 64 --pretrained False
+    python train.py --demo    # offline: builds the embedded glyph set, trains on it, reports one-shot accuracy
 Several GPUs (or CPU processes with gloo): torchrun --nproc_per_node=N train.py ...
 """
 import datetime
@@ -210,6 +211,10 @@ def main(config):
 
 if __name__ == "__main__":
     try:
-        main(parse_train_config())
+        if "--demo" in sys.argv[1:]:  # the embedded glyph demo: its settings first, so the command line still wins
+            from utils.demo import DEMO_ARGS, run_demo
+            run_demo(main, parse_train_config(DEMO_ARGS + [a for a in sys.argv[1:] if a != "--demo"]))
+        else:
+            main(parse_train_config())
     except (DataError, ImageError, WeightsError, NonFiniteLoss) as e:
         raise SystemExit(f"error: {e}")
