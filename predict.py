@@ -32,6 +32,8 @@ def parse_args(argv=None):
         parser.error(f"--gallery takes one query image, not {len(args.images)}")
     if not args.gallery and len(args.images) not in (0, 2):
         parser.error(f"give two image paths or none, not {len(args.images)}")
+    if min(args.input_shape) < 32:
+        parser.error(f"input_shape {args.input_shape}: each side must be at least 32 for VGG16")
     return args
 
 
@@ -93,4 +95,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C ends the loop like Ctrl-D, without a traceback
+        print()
+        sys.exit(130)

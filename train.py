@@ -5,10 +5,12 @@ Edit the config block below, or override any name on the command line with the s
     python train.py --demo    # offline: builds the embedded glyph set, trains on it, reports one-shot accuracy
 Several GPUs (or CPU processes with gloo): torchrun --nproc_per_node=N train.py ...
 """
+import argparse
 import datetime
 import os
 import random
 import sys
+from collections import Counter
 
 import torch
 from torch.utils.data import DataLoader
@@ -40,7 +42,8 @@ train_ratio = 0.9  # share of images (or classes) used for training; the rest va
 augmentation = "autoaugment"  # "autoaugment" (the original) or "jitter" (scale/aspect, rotation, HSV)
 pretrained = True  # ImageNet VGG16 weights from model_data/vgg16-397923af.pth (downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded
-resume = ""  # a last.ckpt to continue exactly where it stopped
+resume = ""  # a last.ckpt to continue exactly where it stopped; its config is the default, the command line overrides
+stop_after = 0  # stop this run after this many epochs (0: run to Epoch); the schedule still spans Epoch
 Init_Epoch = 0  # first epoch to run (0-based)
 Epoch = 100  # total number of epochs
 batch_size = 32  # items per step over all processes; each item is 2 pairs
@@ -66,15 +69,31 @@ CHECKS = [
     lambda c: not 0 < c["train_ratio"] < 1 and "train_ratio must be between 0 and 1",
     lambda c: (c["num_workers"] < 0 or c["save_period"] < 1) and "num_workers must be >= 0 and save_period >= 1",
     lambda c: (c["Init_lr"] <= 0 or c["Min_lr"] < 0) and "Init_lr must be positive and Min_lr not negative",
+    lambda c: c["stop_after"] < 0 and "stop_after must be 0 (no stop) or a number of epochs",
 ]
+PER_RUN = ("resume", "stop_after", "model_path")  # settings a resumed run does not take from its checkpoint
 
 
 def parse_train_config(argv=None):
-    """CONFIG overridden by the command line; Min_lr follows Init_lr unless given itself."""
+    """CONFIG overridden by the command line; Min_lr follows Init_lr unless given itself.
+
+    With `--resume`, the checkpoint's config replaces CONFIG as the defaults (except PER_RUN), so
+    `python train.py --resume logs/last.ckpt` alone continues the same run; raises WeightsError
+    when the checkpoint cannot be loaded.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    config = parse_config(CONFIG, argv, description="Train the Siamese network.", choices=CHOICES, checks=CHECKS,
+    defaults, checks = dict(CONFIG), list(CHECKS)
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument("--resume", default=CONFIG["resume"])
+    resume = first.parse_known_args(argv)[0].resume
+    if resume:
+        checkpoint = load_checkpoint(resume)
+        defaults.update((k, v) for k, v in checkpoint.get("config", {}).items() if k in CONFIG and k not in PER_RUN)
+        done = checkpoint["epoch"]
+        checks.append(lambda c: done >= c["Epoch"] and f"{resume} has finished {done} of Epoch {c['Epoch']} epochs: pass a larger --Epoch to train further")
+    config = parse_config(defaults, argv, description="Train the Siamese network.", choices=CHOICES, checks=checks,
                           helps=config_comments(__file__))
-    if not any(a.startswith("--Min_lr") for a in argv) and CONFIG["Min_lr"] == CONFIG["Init_lr"] * 0.01:
+    if not any(a.startswith("--Min_lr") for a in argv) and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
         config["Min_lr"] = config["Init_lr"] * 0.01
     return config
 
@@ -112,7 +131,10 @@ def main(config):
             f"'python -m utils.datasets glyphs' (embedded, offline) or 'python -m utils.datasets omniglot' "
             f"(downloads Omniglot), or put your own class folders there with --train_own_data True"
         )
-    paths, labels, class_names, skipped = list_images(c["dataset_path"], c["train_own_data"])
+    paths, labels, class_names, skipped = list_images(c["dataset_path"], c["train_own_data"], warn=is_main)
+    few = sum(1 for count in Counter(labels).values() if count < 3)
+    if few:
+        say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
     train_idx, val_idx = split_indices(labels, c["split_by"], c["train_ratio"], seed=0)
     train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c["input_shape"],
                                train=True, augmentation=c["augmentation"], name="training")
@@ -137,7 +159,7 @@ def main(config):
             f"about {wanted // epoch_step + 1} epochs would reach it.")
 
     model = Siamese(c["input_shape"], pretrained=c["pretrained"] and not c["model_path"] and not c["resume"])
-    if c["model_path"]:
+    if c["model_path"] and not c["resume"]:
         loaded, failed = load_matching(model, c["model_path"])
         say(f"Loaded {len(loaded)} keys from {c['model_path']}; not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
     model.to(device)
@@ -172,9 +194,11 @@ def main(config):
     val_loader = make_loader(val_set, per_rank_batch, c["num_workers"], False, use_cuda)
 
     checkpoint_path = os.path.join(c["save_dir"], "last.ckpt")
-    epoch = start_epoch
+    resume_command = f"python train.py --resume {checkpoint_path}"
+    end_epoch = min(c["Epoch"], start_epoch + c["stop_after"]) if c["stop_after"] else c["Epoch"]
+    next_epoch = start_epoch  # the first epoch not yet finished: where a resumed run starts
     try:
-        for epoch in range(start_epoch, c["Epoch"]):
+        for epoch in range(start_epoch, end_epoch):
             epoch_lr = lr_at_epoch(epoch, lr, min_lr, c["Epoch"], c["lr_decay_type"])
             set_lr(optimizer, epoch_lr)
             for loader in (train_loader, val_loader):
@@ -197,16 +221,30 @@ def main(config):
                 say(f"Best validation loss so far: saving {os.path.join(c['save_dir'], 'best_epoch_weights.pth')}")
                 atomic_save(weights, os.path.join(c["save_dir"], "best_epoch_weights.pth"))
             atomic_save(weights, os.path.join(c["save_dir"], "last_epoch_weights.pth"))
-            save_checkpoint(checkpoint_path, model, optimizer, scaler, epoch + 1, best_val_loss, history, log_dir, c)
+            next_epoch = epoch + 1
+            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, best_val_loss, history, log_dir, c)
     except KeyboardInterrupt:
-        if is_main:
-            save_checkpoint(checkpoint_path, model, optimizer, scaler, epoch, best_val_loss, history, log_dir, c)
-            print(f"\nInterrupted in epoch {epoch + 1}: saved {checkpoint_path}; "
-                  f"continue with: python train.py --resume {checkpoint_path}")
+        if is_main:  # the weights as they are now; the resumed run repeats the unfinished epoch from them
+            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, best_val_loss, history, log_dir, c)
+            print(f"\nInterrupted in epoch {next_epoch + 1}: saved {checkpoint_path}; continue with: {resume_command}",
+                  flush=True)
         raise SystemExit(130)
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(f"{e}; stopped without saving epoch {next_epoch + 1}'s weights") from None
     finally:
         ddp.cleanup()
-    say(f"Done: weights in {c['save_dir']}/, loss curves in {log_dir}/")
+    if end_epoch < c["Epoch"]:
+        say(f"Stopped after epoch {end_epoch}/{c['Epoch']} (stop_after {c['stop_after']}); continue with: {resume_command}")
+    else:
+        say(f"Done: weights in {c['save_dir']}/, loss curves in {log_dir}/")
+
+
+def one_line(error):
+    """The message of `error` on one line; a DataLoader worker re-raises with the worker's traceback
+    in the message, whose last line is `module.Class: message`."""
+    last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 if __name__ == "__main__":
@@ -217,4 +255,6 @@ if __name__ == "__main__":
         else:
             main(parse_train_config())
     except (DataError, ImageError, WeightsError, NonFiniteLoss) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {one_line(e)}")
+    except KeyboardInterrupt:  # before training started: nothing to save
+        raise SystemExit("\ninterrupted before training started; nothing saved")

@@ -1,5 +1,6 @@
 """Command-line overrides for the config block at the top of a script (nanoGPT style, with --help)."""
 import argparse
+import difflib
 import re
 
 
@@ -26,7 +27,11 @@ def build_parser(defaults, description="", choices=None, extra=None, helps=None)
     `choices` maps names to their allowed values; `extra` adds flags that are not config names,
     as {name: (kwargs for add_argument)}.
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        usage="%(prog)s [--name value ...]  (--help lists every name with its default)",
+        allow_abbrev=False,  # a misspelt name is an error, never silently another setting
+    )
     choices = choices or {}
     for name, default in defaults.items():
         kwargs = {"default": default, "choices": choices.get(name), "help": (helps or {}).get(name, " "),
@@ -45,6 +50,21 @@ def build_parser(defaults, description="", choices=None, extra=None, helps=None)
     return parser
 
 
+def unknown_names_message(unknown, names):
+    """One line naming the unrecognised arguments, with the closest valid names."""
+    flags = [a.split("=")[0] for a in unknown if a.startswith("-")]
+    if not flags:
+        return f"unexpected argument(s) {' '.join(unknown)}: every setting is passed as --name value"
+    by_lower = {n.lower(): n for n in names}
+    hints, guessed = [], True
+    for flag in flags:
+        close = difflib.get_close_matches(flag.lstrip("-").lower(), by_lower, n=1, cutoff=0.6)
+        hints.append(f"{flag} (did you mean --{by_lower[close[0]]}?)" if close else flag)
+        guessed = guessed and bool(close)
+    valid = "" if guessed else f"; valid names: {', '.join('--' + n for n in names)}"
+    return f"unknown name(s): {', '.join(hints)}{valid}"
+
+
 def parse_config(defaults, argv=None, description="", choices=None, extra=None, checks=(), helps=None):
     """Return a dict of `defaults` overridden by `argv`; extra flags come back too.
 
@@ -52,7 +72,10 @@ def parse_config(defaults, argv=None, description="", choices=None, extra=None, 
     ends the program with argparse's one-line usage message (exit code 2).
     """
     parser = build_parser(defaults, description, choices, extra, helps)
-    config = vars(parser.parse_args(argv))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(unknown_names_message(unknown, list(defaults) + list(extra or {})))
+    config = vars(args)
     for name, value in config.items():
         if isinstance(defaults.get(name), tuple) and value is not None:
             config[name] = list(value)

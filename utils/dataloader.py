@@ -1,13 +1,14 @@
 """Listing images by class, splitting them, and sampling labelled pairs for training."""
 import os
 import random
+import sys
 from collections import defaultdict
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from utils.utils import GREY, eval_transform, is_image_file, load_image
+from utils.utils import GREY, ImageError, eval_transform, is_image_file, load_image, verify_image
 
 SPLITS = ("image", "class")
 AUGMENTATIONS = ("autoaugment", "jitter")
@@ -21,13 +22,15 @@ def _subfolders(path):
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
-def list_images(dataset_path, train_own_data=False, folder="images_background"):
+def list_images(dataset_path, train_own_data=False, folder="images_background", warn=True):
     """List `dataset_path/folder` by class.
 
     Omniglot layout: `<alphabet>/<character>/<image>`, one class per character.
     Own data (`train_own_data`): `<class>/<image>`.
-    Returns (paths, labels, class_names, skipped) where `skipped` counts hidden and
-    non-image files left out; classes are sorted by name so labels are stable.
+    Returns (paths, labels, class_names, skipped) where `skipped` counts the files left out: hidden
+    and non-image files, and images that fail a cheap check (`verify_image`: header, PNG checksums),
+    which `warn` names on stderr together with class folders that hold no image. Classes are sorted
+    by name so labels are stable.
     """
     root = os.path.join(dataset_path, folder)
     if not os.path.isdir(root):
@@ -40,20 +43,34 @@ def list_images(dataset_path, train_own_data=False, folder="images_background"):
             for alphabet in _subfolders(root)
             for character in _subfolders(os.path.join(root, alphabet))
         ]
-    paths, labels, class_names, skipped = [], [], [], 0
+    paths, labels, class_names, skipped, unreadable, empty = [], [], [], 0, [], []
     for name, class_dir in class_dirs:
         files = sorted(e.name for e in os.scandir(class_dir) if e.is_file())
-        images = [f for f in files if is_image_file(f)]
+        images = []
+        for path in (os.path.join(class_dir, f) for f in files if is_image_file(f)):
+            try:
+                verify_image(path)
+                images.append(path)
+            except ImageError as e:
+                unreadable.append(str(e))
         skipped += len(files) - len(images)
         if not images:
+            empty.append(name)
             continue
         label = len(class_names)
         class_names.append(name)
-        paths += [os.path.join(class_dir, f) for f in images]
+        paths += images
         labels += [label] * len(images)
+    if warn and unreadable:
+        print(f"Warning: skipped {len(unreadable)} unreadable image(s): " + "; ".join(unreadable[:5])
+              + (" ..." if len(unreadable) > 5 else ""), file=sys.stderr)
+    if warn and empty and paths:
+        print(f"Warning: skipped {len(empty)} class folder(s) without images: " + ", ".join(empty[:5])
+              + (" ..." if len(empty) > 5 else ""), file=sys.stderr)
     if not paths:
         layout = "<class>/<image>" if train_own_data else "<alphabet>/<character>/<image>"
-        raise DataError(f"{root}: no images found (expected {layout}; train_own_data={train_own_data})")
+        found = f"{len(class_dirs)} class folders, none with a readable image" if class_dirs else "no class folders"
+        raise DataError(f"{root}: no images found ({found}; expected {layout} with train_own_data={train_own_data})")
     return paths, labels, class_names, skipped
 
 

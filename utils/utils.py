@@ -1,4 +1,5 @@
 """Image loading and preprocessing shared by training, prediction, evaluation and search."""
+import contextlib
 import os
 
 import numpy as np
@@ -33,20 +34,33 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+@contextlib.contextmanager
+def image_errors(path):
+    """Turn Pillow's errors while reading `path` into one ImageError naming the file."""
+    try:
+        yield
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large, refused as a possible decompression bomb ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
 def open_image(path):
     """Read `path` fully into an RGB PIL image; raises ImageError naming the file."""
     if not os.path.exists(path):
         raise ImageError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image too large ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    with image_errors(path), Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def verify_image(path):
+    """Cheap check without decoding: the header (size within Pillow's limit) and, for PNG, every
+    chunk's checksum, which catches truncated and corrupt PNGs; raises ImageError naming the file."""
+    with image_errors(path), Image.open(path) as image:
+        image.verify()
 
 
 def decode_png(path):
