@@ -98,7 +98,7 @@ def test_safe_loading_refuses_code_in_predictor_and_training(tiny_omniglot, tmp_
     marker = tmp_path / "created_by_pickle"
     torch_file, raw_file = tmp_path / "evil.pth", tmp_path / "evil_raw.pth"
     torch.save({"fully_connect2.weight": CreateFile(marker)}, torch_file)
-    raw_file.write_bytes(pickle.dumps(CreateFile(marker)))
+    raw_file.write_bytes(pickle.dumps(CreateFile(marker), protocol=2))
     pickle.loads(raw_file.read_bytes()).close()  # the payload is live: a plain unpickle runs it
     assert marker.exists()
     marker.unlink()
