@@ -24,8 +24,9 @@ def safe_load(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip().startswith("Unsupported")]
-        reason = lines[0] if lines else type(e).__name__
+        # torch's line reads "WeightsUnpickler error: Unsupported global: GLOBAL io.open was not ... Please use ..."
+        lines = [line[line.index("Unsupported"):] for line in str(e).splitlines() if "Unsupported" in line]
+        reason = lines[0].split(". Please")[0].strip() if lines else type(e).__name__
         if "global" in reason:  # a class or function reference: the file wants to run code
             raise WeightsError(f"{path}: refused to load, it holds objects other than weights ({reason})") from None
         raise WeightsError(f"{path}: not a readable torch weights file ({reason})") from None
