@@ -8,16 +8,34 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from utils.datasets import MAX_CHARACTERS, make_glyphs
 from utils.oneshot import evaluate_folder
 
-# train.py settings the demo starts from; any of them can still be overridden: python train.py --demo --Epoch 1
+
+
+def native_bf16():
+    """True where bfloat16 autocast is fast: CUDA, or a CPU with AVX-512 BF16 or AMX (elsewhere it is emulated)."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# train.py settings the demo starts from; any of them can still be overridden: python train.py --demo --Epoch 1.
+# From scratch (no ImageNet weights offline), VGG16 without batch norm learns within minutes only with Adam at
+# its lowest clamped rate, no weight decay and no augmentation; SGD and augmented runs stay at loss 0.693 that long.
 DEMO_ARGS = [
     "--dataset_path", "dataset/glyphs", "--save_dir", "logs/demo",
     "--input_shape", "32", "32", "--pretrained", "False",
-    "--optimizer_type", "sgd", "--Init_lr", "1e-2", "--Min_lr", "1e-4", "--lr_decay_type", "step",
-    "--batch_size", "16", "--Epoch", "2", "--augmentation", "jitter", "--split_by", "class",
-    "--num_workers", "0", "--save_period", "100",
+    "--optimizer_type", "adam", "--Init_lr", "1e-3", "--weight_decay", "0",
+    "--batch_size", "32", "--Epoch", "4", "--augmentation", "none", "--split_by", "class",
+    "--num_workers", "0", "--save_period", "100", "--channels_last", "True", "--bf16", str(native_bf16()),
 ]
 FIGURE_PATH = "logs/demo_predictions.png"
 
