@@ -91,8 +91,11 @@ def parse_train_config(argv=None):
         defaults.update((k, v) for k, v in checkpoint.get("config", {}).items() if k in CONFIG and k not in PER_RUN)
         done = checkpoint["epoch"]
         checks.append(lambda c: done >= c["Epoch"] and f"{resume} has finished {done} of Epoch {c['Epoch']} epochs: pass a larger --Epoch to train further")
+    demo = {"demo": dict(action="store_true", help="train the embedded glyph demo offline: builds dataset/glyphs, "
+                         "trains on it with settings for a CPU, reports one-shot accuracy (other names still override)")}
     config = parse_config(defaults, argv, description="Train the Siamese network.", choices=CHOICES, checks=checks,
-                          helps=config_comments(__file__))
+                          helps=config_comments(__file__), extra=demo)
+    config.pop("demo")
     if not any(a.startswith("--Min_lr") for a in argv) and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
         config["Min_lr"] = config["Init_lr"] * 0.01
     return config
@@ -106,6 +109,59 @@ def make_loader(dataset, batch_size, num_workers, shuffle, use_cuda):
         num_workers=num_workers, pin_memory=use_cuda, drop_last=True,
         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+def load_datasets(c, say, is_main):
+    """List, split and wrap the data of config `c`; returns (train_set, val_set). Raises DataError when unusable."""
+    root = os.path.join(c["dataset_path"], "images_background")
+    if not os.path.isdir(root):
+        raise DataError(
+            f"no dataset at {root}: make one with 'python -m utils.datasets glyphs' (embedded, offline) or "
+            f"'python -m utils.datasets omniglot' (downloads Omniglot), or put your own class folders there "
+            f"with --train_own_data True"
+        )
+    paths, labels, class_names, skipped = list_images(c["dataset_path"], c["train_own_data"], warn=is_main)
+    say(f"{len(paths)} images in {len(class_names)} classes ({skipped} files skipped)")
+    few = sum(1 for count in Counter(labels).values() if count < 3)
+    if few:
+        say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
+    train_idx, val_idx = split_indices(labels, c["split_by"], c["train_ratio"], seed=0)
+    train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c["input_shape"],
+                               train=True, augmentation=c["augmentation"], name="training")
+    val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c["input_shape"],
+                             train=False, name="validation")
+    if len(train_set) < c["batch_size"] or len(val_set) < c["batch_size"]:
+        raise DataError(
+            f"dataset too small: {len(train_set)} training and {len(val_set)} validation images for batch_size "
+            f"{c['batch_size']}; lower batch_size or add images"
+        )
+    return train_set, val_set
+
+
+def build_model(c, device, say):
+    """The Siamese network of config `c` on `device`, from ImageNet or `model_path` weights as asked."""
+    model = Siamese(c["input_shape"], pretrained=c["pretrained"] and not c["model_path"] and not c["resume"])
+    if c["model_path"] and not c["resume"]:
+        loaded, failed = load_matching(model, c["model_path"])
+        say(f"Loaded {len(loaded)} keys from {c['model_path']}; not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
+    model.to(device)
+    if c["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def save_weights(c, model, epoch, train, val, best_val_loss, say):
+    """Write the epoch's weight files, named as the original names them; returns the best validation loss so far."""
+    weights = unwrap(model).state_dict()
+    if (epoch + 1) % c["save_period"] == 0 or epoch + 1 == c["Epoch"]:
+        name = f"ep{epoch + 1:03d}-loss{train['loss']:.3f}-val_loss{val['loss']:.3f}.pth"
+        atomic_save(weights, os.path.join(c["save_dir"], name))
+    if val["loss"] <= best_val_loss:
+        best_val_loss = val["loss"]
+        say(f"Best validation loss so far: saving {os.path.join(c['save_dir'], 'best_epoch_weights.pth')}")
+        atomic_save(weights, os.path.join(c["save_dir"], "best_epoch_weights.pth"))
+    atomic_save(weights, os.path.join(c["save_dir"], "last_epoch_weights.pth"))
+    return best_val_loss
 
 
 def main(config):
@@ -125,31 +181,10 @@ def main(config):
     if c["batch_size"] % world_size:
         raise SystemExit(f"batch_size {c['batch_size']} must divide evenly over {world_size} processes")
 
-    if not os.path.isdir(os.path.join(c["dataset_path"], "images_background")):
-        raise DataError(
-            f"no dataset at {os.path.join(c['dataset_path'], 'images_background')}: make one with "
-            f"'python -m utils.datasets glyphs' (embedded, offline) or 'python -m utils.datasets omniglot' "
-            f"(downloads Omniglot), or put your own class folders there with --train_own_data True"
-        )
-    paths, labels, class_names, skipped = list_images(c["dataset_path"], c["train_own_data"], warn=is_main)
-    few = sum(1 for count in Counter(labels).values() if count < 3)
-    if few:
-        say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
-    train_idx, val_idx = split_indices(labels, c["split_by"], c["train_ratio"], seed=0)
-    train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c["input_shape"],
-                               train=True, augmentation=c["augmentation"], name="training")
-    val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c["input_shape"],
-                             train=False, name="validation")
-    num_train, num_val = len(train_set), len(val_set)
-    epoch_step, epoch_step_val = num_train // c["batch_size"], num_val // c["batch_size"]
-    if epoch_step == 0 or epoch_step_val == 0:
-        raise DataError(
-            f"dataset too small: {num_train} training and {num_val} validation images for batch_size "
-            f"{c['batch_size']}; lower batch_size or add images"
-        )
+    train_set, val_set = load_datasets(c, say, is_main)
     if is_main:
-        show_config(**c, num_classes=len(class_names), num_train=num_train, num_val=num_val, skipped_files=skipped,
-                    device=f"{device} x {world_size}")
+        show_config(**c, num_train=len(train_set), num_val=len(val_set), device=f"{device} x {world_size}")
+    epoch_step = len(train_set) // c["batch_size"]
 
     lr, min_lr = scaled_lr(c["batch_size"], c["Init_lr"], c["Min_lr"], c["optimizer_type"])
     total_steps = epoch_step * c["Epoch"]
@@ -158,13 +193,7 @@ def main(config):
         say(f"Warning: {total_steps} training steps is below the {wanted} recommended for {c['optimizer_type']}; "
             f"about {wanted // epoch_step + 1} epochs would reach it.")
 
-    model = Siamese(c["input_shape"], pretrained=c["pretrained"] and not c["model_path"] and not c["resume"])
-    if c["model_path"] and not c["resume"]:
-        loaded, failed = load_matching(model, c["model_path"])
-        say(f"Loaded {len(loaded)} keys from {c['model_path']}; not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
-    model.to(device)
-    if c["channels_last"]:
-        model.to(memory_format=torch.channels_last)
+    model = build_model(c, device, say)
     optimizer = make_optimizer(model.parameters(), c["optimizer_type"], lr, c["momentum"], c["weight_decay"])
     amp_dtype = torch.float16 if (c["fp16"] and use_cuda) else torch.bfloat16 if c["bf16"] else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -212,15 +241,7 @@ def main(config):
                 continue
             say(f"{tag}: loss {train['loss']:.3f} acc {train['acc']:.3f} | val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}")
             history.append(train["loss"], val["loss"])
-            weights = unwrap(model).state_dict()
-            if (epoch + 1) % c["save_period"] == 0 or epoch + 1 == c["Epoch"]:
-                name = f"ep{epoch + 1:03d}-loss{train['loss']:.3f}-val_loss{val['loss']:.3f}.pth"
-                atomic_save(weights, os.path.join(c["save_dir"], name))
-            if val["loss"] <= best_val_loss:
-                best_val_loss = val["loss"]
-                say(f"Best validation loss so far: saving {os.path.join(c['save_dir'], 'best_epoch_weights.pth')}")
-                atomic_save(weights, os.path.join(c["save_dir"], "best_epoch_weights.pth"))
-            atomic_save(weights, os.path.join(c["save_dir"], "last_epoch_weights.pth"))
+            best_val_loss = save_weights(c, model, epoch, train, val, best_val_loss, say)
             next_epoch = epoch + 1
             save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, best_val_loss, history, log_dir, c)
     except KeyboardInterrupt:
@@ -249,9 +270,9 @@ def one_line(error):
 
 if __name__ == "__main__":
     try:
-        if "--demo" in sys.argv[1:]:  # the embedded glyph demo: its settings first, so the command line still wins
+        if "--demo" in sys.argv[1:]:  # the demo's settings go first, so the command line still wins
             from utils.demo import DEMO_ARGS, run_demo
-            run_demo(main, parse_train_config(DEMO_ARGS + [a for a in sys.argv[1:] if a != "--demo"]))
+            run_demo(main, parse_train_config(DEMO_ARGS + sys.argv[1:]))
         else:
             main(parse_train_config())
     except (DataError, ImageError, WeightsError, NonFiniteLoss) as e:

@@ -43,6 +43,14 @@ def all_reduce_sum(values, device):
     return tensor.tolist()
 
 
+def all_ranks_finite(loss):
+    """True when `loss` is finite on every rank: one collective, so a NaN on one rank stops them all, not hangs them."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    if is_distributed():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def cleanup():
     if is_distributed():
         dist.destroy_process_group()

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utils.distributed import all_reduce_sum
+from utils.distributed import all_ranks_finite, all_reduce_sum
 
 
 class NonFiniteLoss(RuntimeError):
@@ -36,7 +36,7 @@ def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None
         with torch.set_grad_enabled(training), torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(first, second).squeeze(1)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
-        if not torch.isfinite(loss):
+        if not all_ranks_finite(loss):
             raise NonFiniteLoss(f"{desc}: the loss became {loss.item()}; lower Init_lr or check the data")
         if training:
             optimizer.zero_grad(set_to_none=True)
