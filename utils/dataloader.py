@@ -163,6 +163,12 @@ class BatchAutoAugment:
         self.crop = v2.RandomResizedCrop(self.size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=GREY)
 
+    @staticmethod
+    def supported():
+        """True when this torchvision has the AutoAugment internals used here (checked on 0.29); else go per image."""
+        return all(hasattr(v2.AutoAugment, name) for name in ("_AUGMENTATION_SPACE", "_apply_image_or_video_transform")) \
+            and hasattr(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), "_policies")
+
     def resized_crop(self, images):
         """Random resized crop and flip of each image -> uint8 (N, C, h, w), bilinear with antialiasing."""
         channels = max(image.shape[0] for image in images)
@@ -226,7 +232,7 @@ class SiameseDataset(Dataset):
 
     def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset"):
         self.paths, self.input_shape = list(paths), list(input_shape)
-        if train and augmentation == "autoaugment":
+        if train and augmentation == "autoaugment" and BatchAutoAugment.supported():
             self.transform = BatchAutoAugment(input_shape)
         else:
             self.transform = PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
