@@ -79,3 +79,11 @@ def test_command_line_overrides_the_config_block():
     assert config["Epoch"] == 5 and config["input_shape"] == [64, 48] and config["pretrained"] is False
     assert config["Min_lr"] == 0.001 * 0.01 and config["optimizer_type"] == "adam"
     assert config["batch_size"] == train.CONFIG["batch_size"]
+
+
+def test_readme_documents_every_config_name():
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in train.CONFIG if f"| `{name}` |" not in readme] == []
