@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, default_collate
 
 from nets.siamese import Siamese
 from utils.dataloader import SiameseDataset, list_images
+from utils.datasets import make_glyphs
+from utils.demo import glyphs_present
 from utils.schedule import make_optimizer
 from utils.utils_fit import run_epoch, split_pairs
 
@@ -32,7 +34,8 @@ SETTINGS = {  # name -> (autocast dtype, channels_last, compile)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="dataset", help="folder holding images_background/")
+    parser.add_argument("--dataset", default=None, help="folder holding images_background/ (default: dataset/ if it "
+                        "has one, else the embedded glyphs in dataset/glyphs, built if absent)")
     parser.add_argument("--train_own_data", action="store_true", help="images_background/<class>/<image> layout")
     parser.add_argument("--input_shape", type=int, nargs=2, default=[105, 105])
     parser.add_argument("--batch_size", type=int, default=32, help="items per step (2 pairs each)")
@@ -166,10 +169,22 @@ def time_setting(setting, batch, input_shape, steps, device):
     return {"train": train, "infer": best(infer, steps), "memory": memory}
 
 
+def default_dataset():
+    """dataset/ when it holds data, else the demo's embedded glyph set (written first if absent)."""
+    if os.path.isdir(os.path.join("dataset", "images_background")):
+        return "dataset"
+    glyphs = "dataset/glyphs"
+    if not glyphs_present(glyphs):
+        print(f"Building the embedded glyph set in {glyphs}/ ...")
+        make_glyphs(glyphs)
+    return glyphs
+
+
 def main(args):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.dataset = args.dataset or default_dataset()
     root = os.path.join(args.dataset, "images_background")
     if not os.path.isdir(root):
         raise SystemExit(f"error: no dataset at {root}: make one with 'python -m utils.datasets glyphs' "

@@ -135,3 +135,17 @@ def test_bench_quick_prints_every_figure(omniglot_subset):
     for setting in ("fp32+channels_last", "bf16", "bf16+channels_last"):
         assert re.search(rf"ratio {re.escape(setting)} / fp32: training {number}x, inference {number}x", out), out
     assert re.search(rf"DataLoader with 1 workers: {number} images/s", out), out
+
+
+def test_bench_defaults_to_the_embedded_glyphs(tmp_path, monkeypatch):
+    import functools
+
+    import bench
+    from utils.datasets import make_glyphs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "make_glyphs", functools.partial(make_glyphs, max_characters=3))
+    assert bench.default_dataset() == "dataset/glyphs"  # no dataset/: the glyphs are built
+    assert (tmp_path / "dataset" / "glyphs" / "images_background").is_dir()
+    (tmp_path / "dataset" / "images_background").mkdir()
+    assert bench.default_dataset() == "dataset"  # the user's own data wins once it is there
