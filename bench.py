@@ -9,6 +9,7 @@ import argparse
 import gc
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -73,24 +74,28 @@ def pil_baseline(input_shape):
 
 
 def loader_speed(dataset, images):
-    """Training images/s of one loader worker (one process, one thread): (ours, PIL baseline)."""
+    """Training images/s of one loader worker (one process, one thread): (ours, PIL baseline).
+
+    Both include what a worker does after augmenting: collating the batch that it hands over. They
+    alternate batch by batch on the same kind of draws, so that a busy spell on the machine slows
+    both; each figure is the median over the batches.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a DataLoader worker gets
-    batch = max(1, min(32, images // 4))
-    start = time.perf_counter()
-    done = 0
-    while done < images:
-        dataset.__getitems__(range(batch))
-        done += 4 * batch
-    ours = done / (time.perf_counter() - start)
+    batch = max(1, min(32, images // 4))  # items; 4 images each
     load = pil_baseline(dataset.input_shape)
-    paths = [path for _ in range(images // 4) for pair in dataset.sample_pair() for path in pair]
-    start = time.perf_counter()
-    for path in paths:
-        load(path)
-    baseline = len(paths) / (time.perf_counter() - start)
+    default_collate(dataset.__getitems__(range(batch)))  # warm-up
+    ours, baseline = [], []
+    for _ in range(max(1, images // (4 * batch))):
+        start = time.perf_counter()
+        default_collate(dataset.__getitems__(range(batch)))
+        ours.append(4 * batch / (time.perf_counter() - start))
+        paths = [path for _ in range(batch) for pair in dataset.sample_pair() for path in pair]
+        start = time.perf_counter()
+        default_collate([torch.stack([load(path) for path in paths[i: i + 4]]) for i in range(0, len(paths), 4)])
+        baseline.append(len(paths) / (time.perf_counter() - start))
     torch.set_num_threads(threads)
-    return ours, baseline
+    return statistics.median(ours), statistics.median(baseline)
 
 
 def workers_speed(dataset, batch_size, workers, batches, pin_memory):

@@ -21,7 +21,8 @@ from utils import distributed as ddp
 from utils.callbacks import LossHistory, atomic_save
 from utils.checkpoint import WeightsError, load_checkpoint, load_matching, save_checkpoint, set_rng_state, unwrap
 from utils.config import config_comments, parse_config
-from utils.dataloader import AUGMENTATIONS, SPLITS, DataError, SiameseDataset, list_images, split_indices
+from utils.augment import AUGMENTATIONS
+from utils.dataloader import SPLITS, DataError, SiameseDataset, list_images, split_indices
 from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
 from utils.utils import ImageError, show_config
 from utils.utils_fit import NonFiniteLoss, run_epoch

@@ -9,6 +9,7 @@ from PIL import Image
 
 from utils.dataloader import DataError, SiameseDataset, list_images, split_by_class, split_by_image, split_indices
 from utils.utils import preprocess
+from utils.utils_fit import split_pairs
 
 
 def test_omniglot_layout_lists_one_class_per_character(omniglot_subset):
@@ -69,13 +70,14 @@ def test_items_hold_one_positive_and_one_negative_pair(omniglot_subset):
         assert len({a, b, c}) == 3 and label_of[a] == label_of[b] == label_of[c] != label_of[d]
         random.seed(seed)
         images, item_labels = dataset[0]
-        assert images.shape == (2, 2, 3, 32, 32) and images.dtype == torch.float32
+        assert images.shape == (2, 2, 3, 32, 32) and images.dtype == torch.uint8  # made float on the device
         assert sorted(item_labels.tolist()) == [0.0, 1.0]
         expected = {1.0: (a, b), 0.0: (c, d)}
-        for pair, label in zip(images, item_labels.tolist()):
-            first, second = expected[label]
-            assert torch.equal(pair[0], preprocess(first, (32, 32)))
-            assert torch.equal(pair[1], preprocess(second, (32, 32)))
+        first, second, labels = split_pairs(images[None], item_labels[None], torch.device("cpu"))
+        assert first.dtype == torch.float32 and labels.tolist() == item_labels.tolist()
+        for k, label in enumerate(item_labels.tolist()):
+            assert torch.equal(first[k], preprocess(expected[label][0], (32, 32)))  # what predict.py would feed
+            assert torch.equal(second[k], preprocess(expected[label][1], (32, 32)))
 
 
 def test_class_with_fewer_than_three_images_is_never_positive(tmp_path, small1):
@@ -104,8 +106,8 @@ def test_training_items_are_augmented_at_the_input_size(omniglot_subset):
     for augmentation in ("autoaugment", "jitter"):
         dataset = SiameseDataset(paths, labels, (48, 40), train=True, augmentation=augmentation)
         images, _ = dataset[0]
-        assert images.shape == (2, 2, 3, 48, 40)
-        assert 0.0 <= images.min() and images.max() <= 1.0
+        assert images.shape == (2, 2, 3, 48, 40) and images.dtype == torch.uint8
+        assert len({tuple(image.flatten().tolist()) for image in images.flatten(0, 1)}) == 4  # each augmented on its own
 
 
 def test_any_image_mode_becomes_three_channel_rgb(tmp_path):

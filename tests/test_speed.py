@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 
 from conftest import ROOT, make_subset
 from nets.siamese import Siamese
-from utils.dataloader import BatchAutoAugment, SiameseDataset, list_images
+from utils.dataloader import SiameseDataset, list_images
 from utils.utils import ImageError, load_image, open_image
 from utils.utils_fit import split_pairs
 
@@ -52,17 +52,6 @@ def test_load_image_errors_name_the_file(tmp_path):
     for path, message in [(broken, "not a readable image"), (tmp_path / "missing.png", "no such file"), (tmp_path, "directory")]:
         with pytest.raises(ImageError, match=re.escape(str(path)) + ".*" + message):
             load_image(path)
-
-
-def test_batch_autoaugment_output(small1):
-    paths, _, _, _ = list_images(small1.parent, folder=small1.name)
-    images = [load_image(p, keep_grey=True) for p in paths[:40]] + [load_image(paths[40])]  # grey and RGB mixed
-    torch.manual_seed(0)
-    out = BatchAutoAugment([48, 40])(images)
-    assert out.shape == (41, 3, 48, 40) and out.dtype == torch.float32
-    assert 0 <= out.min() and out.max() <= 1
-    assert len({tuple(x.flatten().tolist()) for x in out}) > 35  # every image augmented on its own
-    assert not torch.equal(out, BatchAutoAugment([48, 40])(images))  # random, not fixed
 
 
 def test_dataset_items_and_seeding(omniglot_subset):

@@ -6,12 +6,11 @@ from collections import defaultdict
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
-from utils.utils import GREY, ImageError, eval_transform, is_image_file, load_image, verify_image
+from utils.augment import BatchAutoAugment, PerImage, train_transform
+from utils.utils import ImageError, eval_transform, is_image_file, load_image, verify_image
 
 SPLITS = ("image", "class")
-AUGMENTATIONS = ("autoaugment", "jitter", "none")
 
 
 class DataError(ValueError):
@@ -101,133 +100,14 @@ def split_indices(labels, split_by="image", train_ratio=0.9, seed=0):
     raise ValueError(f"unknown split_by {split_by!r}; choose one of {', '.join(SPLITS)}")
 
 
-class RandomLetterbox(torch.nn.Module):
-    """Jitter aspect ratio and scale, then place the image at a random spot on a grey canvas."""
-
-    def __init__(self, size, jitter=0.3, scale=(0.75, 1.25)):
-        super().__init__()
-        self.size, self.jitter, self.scale = list(size), jitter, scale
-
-    def forward(self, image):
-        height, width = self.size
-        _, ih, iw = image.shape
-        aspect = iw / ih * random.uniform(1 - self.jitter, 1 + self.jitter) / random.uniform(1 - self.jitter, 1 + self.jitter)
-        scale = random.uniform(*self.scale)
-        nh = int(scale * height) if aspect < 1 else int(scale * width / aspect)
-        nw = int(nh * aspect)
-        nh, nw = max(1, min(nh, height)), max(1, min(nw, width))
-        resized = v2.functional.resize(image, [nh, nw], antialias=True)
-        top, left = random.randint(0, height - nh), random.randint(0, width - nw)
-        return v2.functional.pad(resized, [left, top, width - nw - left, height - nh - top], fill=GREY)
-
-
-def train_transform(input_shape, augmentation="autoaugment"):
-    """Training augmentation on uint8 (3, H, W) tensors -> float [0, 1].
-
-    `autoaugment` (the original default): random resized crop, flip, one AutoAugment ImageNet
-    sub-policy. `jitter`: scale/aspect jitter with grey padding, flip, rotation, HSV jitter.
-    `none`: the validation preprocessing (fastest to learn from; for aligned data and short runs).
-    """
-    size = list(input_shape)
-    if augmentation == "none":
-        return eval_transform(size)
-    if augmentation == "autoaugment":
-        steps = [
-            v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-            v2.RandomHorizontalFlip(0.5),
-            v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=GREY),
-        ]
-    elif augmentation == "jitter":
-        steps = [
-            RandomLetterbox(size),
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomRotation(15, fill=GREY),
-            v2.ColorJitter(brightness=0.4, saturation=0.7, hue=0.1),
-        ]
-    else:
-        raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}")
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True)])
-
-
-class BatchAutoAugment:
-    """The `autoaugment` pipeline of `train_transform` applied to many images at once: same distribution, much faster.
-
-    Every image draws its own crop, flip and AutoAugment sub-policy exactly as torchvision does, and
-    images that drew the same AutoAugment op and magnitude go through torchvision's op together, in
-    sub-policy order: one call per op instead of one per image.
-    Takes a list of uint8 (1 or 3, H, W) images; returns float (N, 3, h, w) in [0, 1].
-    """
-
-    def __init__(self, input_shape):
-        self.size = list(input_shape)
-        self.crop = v2.RandomResizedCrop(self.size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)
-        self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=GREY)
-
-    @staticmethod
-    def supported():
-        """True when this torchvision has the AutoAugment internals used here (checked on 0.29); else go per image."""
-        return all(hasattr(v2.AutoAugment, name) for name in ("_AUGMENTATION_SPACE", "_apply_image_or_video_transform")) \
-            and hasattr(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), "_policies")
-
-    def resized_crop(self, images):
-        """Random resized crop and flip of each image -> uint8 (N, C, h, w), bilinear with antialiasing."""
-        channels = max(image.shape[0] for image in images)
-        out = torch.empty((len(images), channels, *self.size), dtype=torch.uint8)
-        flips = (torch.rand(len(images)) < 0.5).tolist()
-        for i, (image, flip) in enumerate(zip(images, flips)):
-            box = self.crop.make_params([image])
-            crop = image[None, :, box["top"]: box["top"] + box["height"], box["left"]: box["left"] + box["width"]]
-            crop = crop.flip(-1) if flip else crop  # flipping before the (symmetric) resize is the same, and smaller
-            resized = torch.nn.functional.interpolate(crop.float(), self.size, mode="bilinear", antialias=True)
-            out[i] = resized.round_().clamp_(0, 255)[0]  # a grey image broadcasts into RGB when the batch mixes them
-        return out
-
-    def auto_augment(self, images):
-        """One AutoAugment ImageNet sub-policy per image, applied in place to uint8 (N, C, h, w)."""
-        aa = self.autoaugment
-        height, width = images.shape[-2:]
-        policies = torch.randint(len(aa._policies), (len(images),)).tolist()
-        magnitudes = {name: fn(10, height, width) for name, (fn, _) in aa._AUGMENTATION_SPACE.items()}
-        draws, signs = torch.rand(len(images), 2).tolist(), torch.rand(len(images), 2).tolist()
-        for slot in range(2):
-            groups = defaultdict(list)
-            for i, policy in enumerate(policies):
-                transform_id, probability, magnitude_idx = aa._policies[policy][slot]
-                if not draws[i][slot] <= probability:
-                    continue
-                bins = magnitudes[transform_id]
-                magnitude = 0.0 if bins is None else float(bins[magnitude_idx])
-                if aa._AUGMENTATION_SPACE[transform_id][1] and signs[i][slot] <= 0.5:  # signed op
-                    magnitude = -magnitude
-                groups[transform_id, magnitude].append(i)
-            for (transform_id, magnitude), indices in groups.items():
-                images[indices] = aa._apply_image_or_video_transform(
-                    images[indices], transform_id, magnitude, interpolation=aa.interpolation, fill=aa._fill
-                )
-        return images
-
-    def __call__(self, images):
-        augmented = self.auto_augment(self.resized_crop(images))
-        return v2.functional.to_dtype(augmented, torch.float32, scale=True).expand(-1, 3, -1, -1)
-
-
-class PerImage:
-    """A per-image transform applied to a list of uint8 (1 or 3, H, W) images -> float (N, 3, h, w)."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def __call__(self, images):
-        return torch.stack([self.transform(image).expand(3, -1, -1) for image in images])
-
-
 class SiameseDataset(Dataset):
     """Each item is two labelled pairs: (a, b) of one class -> 1, (c, d) of two classes -> 0.
 
     The positive class has at least 3 images; a, b, c are distinct images of it and d is an
     image of another class. Items are random draws (the index only sets the epoch length), so
     every DataLoader worker and rank must seed `random` differently.
-    Returns images (2 pairs, 2 sides, 3, H, W) float32 and labels (2,) float32.
+    Returns images (2 pairs, 2 sides, 3, H, W) uint8 (a quarter of the float bytes to collate, share
+    between processes and copy to the GPU; `split_pairs` makes them float) and labels (2,) float32.
     """
 
     def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset"):
@@ -235,7 +115,8 @@ class SiameseDataset(Dataset):
         if train and augmentation == "autoaugment" and BatchAutoAugment.supported():
             self.transform = BatchAutoAugment(input_shape)
         else:
-            self.transform = PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
+            transform = train_transform(input_shape, augmentation, to_float=False) if train else eval_transform(input_shape, to_float=False)
+            self.transform = PerImage(transform)
         self.by_class = defaultdict(list)
         for path, label in zip(self.paths, labels):
             self.by_class[label].append(path)

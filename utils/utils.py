@@ -120,15 +120,21 @@ class Letterbox(torch.nn.Module):
         return letterbox(image, self.size)
 
 
-def eval_transform(input_shape, letterbox_image=False):
-    """The deterministic preprocessing of validation and prediction: uint8 (3, H, W) -> float [0, 1].
+def eval_transform(input_shape, letterbox_image=False, to_float=True):
+    """The deterministic preprocessing of validation and prediction: uint8 (3, H, W) -> float [0, 1]
+    (uint8 with `to_float=False`, as the training loader delivers it; `to_float_batch` finishes it).
 
     Default: resize the shorter side to the input size, then centre crop (the original's
     validation). With `letterbox_image`: keep the aspect ratio and pad with grey.
     """
     size = list(input_shape)
     fit = [Letterbox(size)] if letterbox_image else [v2.Resize(min(size), antialias=True), v2.CenterCrop(size)]
-    return v2.Compose(fit + [v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose(fit + ([v2.ToDtype(torch.float32, scale=True)] if to_float else []))
+
+
+def to_float_batch(images):
+    """uint8 images (any shape) -> float32 in [0, 1], the last step of `eval_transform`, for a batch on any device."""
+    return v2.functional.to_dtype(images, torch.float32, scale=True)
 
 
 def preprocess(image, input_shape, letterbox_image=False):
