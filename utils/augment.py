@@ -124,13 +124,10 @@ def _affine(images, theta, fill=GREY):
     return warped.add_(fill).to(torch.uint8)
 
 
-def _theta(k, **entries):
-    """Identity (k, 2, 3) matrices with the given (row, column) entries set, e.g. `_theta(k, r0c1=m)`."""
-    theta = torch.zeros(k, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    for name, values in entries.items():
-        theta[:, int(name[1]), int(name[3])] = values
-    return theta
+def _matrices(k, row0=(1.0, 0.0, 0.0), row1=(0.0, 1.0, 0.0)):
+    """(k, 2, 3) inverse affine matrices from two rows whose entries are numbers or (k,) tensors."""
+    rows = [torch.stack([torch.as_tensor(v, dtype=torch.float32).expand(k) for v in row], 1) for row in (row0, row1)]
+    return torch.stack(rows, 1)
 
 
 def _blend(images, other, factor):
@@ -148,12 +145,14 @@ def _grey_level(images):
 
 
 def _rotate(images, degrees):
+    """Anticlockwise rotation about the centre by per-image `degrees`, as torchvision's rotate."""
     radians = torch.deg2rad(degrees)
     cos, sin = radians.cos(), radians.sin()
-    return _affine(images, _theta(len(images), r0c0=cos, r0c1=-sin, r1c0=sin, r1c1=cos))
+    return _affine(images, _matrices(len(images), (cos, -sin, 0.0), (sin, cos, 0.0)))
 
 
 def _sharpness(images, factor):
+    """Blend with a 3x3 smoothed copy (borders kept) by per-image `factor`, as torchvision's adjust_sharpness."""
     channels = images.shape[1]
     if images.shape[-1] <= 2 or images.shape[-2] <= 2:
         return images
@@ -168,7 +167,8 @@ def _sharpness(images, factor):
 
 
 def _posterize(images, bits):
-    masks = (255 << (8 - bits.long())) & 255  # keep the top `bits` bits of each value
+    """Keep the top per-image `bits` of each value."""
+    masks = (255 << (8 - bits.long())) & 255
     return images & masks.to(torch.uint8).view(-1, 1, 1, 1)
 
 
@@ -189,10 +189,11 @@ def equalize(images):
 # AutoAugment defines the op and its magnitude.
 BATCH_OPS = {
     "Identity": lambda x, m: x,
-    "ShearX": lambda x, m: _affine(x, _theta(len(x), r0c1=m, r0c2=m * x.shape[-2] / 2)),
-    "ShearY": lambda x, m: _affine(x, _theta(len(x), r1c0=m, r1c2=m * x.shape[-1] / 2)),
-    "TranslateX": lambda x, m: _affine(x, _theta(len(x), r0c2=-m.trunc())),
-    "TranslateY": lambda x, m: _affine(x, _theta(len(x), r1c2=-m.trunc())),
+    # shears are about the top-left corner, translations in whole pixels, as torchvision's AutoAugment has them
+    "ShearX": lambda x, m: _affine(x, _matrices(len(x), row0=(1.0, m, m * x.shape[-2] / 2))),
+    "ShearY": lambda x, m: _affine(x, _matrices(len(x), row1=(m, 1.0, m * x.shape[-1] / 2))),
+    "TranslateX": lambda x, m: _affine(x, _matrices(len(x), row0=(1.0, 0.0, -m.trunc()))),
+    "TranslateY": lambda x, m: _affine(x, _matrices(len(x), row1=(0.0, 1.0, -m.trunc()))),
     "Rotate": _rotate,
     "Brightness": lambda x, m: _blend(x.float(), 0.0, 1.0 + m),
     "Color": lambda x, m: x if x.shape[1] == 1 else _blend(x.float(), _grey_level(x), 1.0 + m),
