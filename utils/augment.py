@@ -32,8 +32,8 @@ class RandomLetterbox(torch.nn.Module):
         return v2.functional.pad(resized, [left, top, width - nw - left, height - nh - top], fill=GREY)
 
 
-def train_transform(input_shape, augmentation="autoaugment", to_float=True):
-    """Training augmentation on uint8 (3, H, W) tensors -> float [0, 1] (uint8 with `to_float=False`).
+def train_transform(input_shape, augmentation="autoaugment"):
+    """Training augmentation of one image: uint8 (3, H, W) -> uint8 (3, h, w).
 
     `autoaugment` (the original default): random resized crop, flip, one AutoAugment ImageNet
     sub-policy. `jitter`: scale/aspect jitter with grey padding, flip, rotation, HSV jitter.
@@ -41,7 +41,7 @@ def train_transform(input_shape, augmentation="autoaugment", to_float=True):
     """
     size = list(input_shape)
     if augmentation == "none":
-        return eval_transform(size, to_float=to_float)
+        return eval_transform(size)
     if augmentation == "autoaugment":
         steps = [
             v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
@@ -57,11 +57,11 @@ def train_transform(input_shape, augmentation="autoaugment", to_float=True):
         ]
     else:
         raise ValueError(f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}")
-    return v2.Compose(steps + ([v2.ToDtype(torch.float32, scale=True)] if to_float else []))
+    return v2.Compose(steps)
 
 
 class PerImage:
-    """A per-image transform applied to a list of uint8 (1 or 3, H, W) images -> (N, 3, h, w) of its output dtype."""
+    """A per-image transform applied to a list of uint8 (1 or 3, H, W) images -> uint8 (N, 3, h, w)."""
 
     def __init__(self, transform):
         self.transform = transform

@@ -115,8 +115,7 @@ class SiameseDataset(Dataset):
         if train and augmentation == "autoaugment" and BatchAutoAugment.supported():
             self.transform = BatchAutoAugment(input_shape)
         else:
-            transform = train_transform(input_shape, augmentation, to_float=False) if train else eval_transform(input_shape, to_float=False)
-            self.transform = PerImage(transform)
+            self.transform = PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
         self.by_class = defaultdict(list)
         for path, label in zip(self.paths, labels):
             self.by_class[label].append(path)

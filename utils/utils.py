@@ -120,20 +120,20 @@ class Letterbox(torch.nn.Module):
         return letterbox(image, self.size)
 
 
-def eval_transform(input_shape, letterbox_image=False, to_float=True):
-    """The deterministic preprocessing of validation and prediction: uint8 (3, H, W) -> float [0, 1]
-    (uint8 with `to_float=False`, as the training loader delivers it; `to_float_batch` finishes it).
+def eval_transform(input_shape, letterbox_image=False):
+    """The deterministic resizing of validation and prediction: uint8 (3, H, W) -> uint8 (3, h, w).
 
     Default: resize the shorter side to the input size, then centre crop (the original's
-    validation). With `letterbox_image`: keep the aspect ratio and pad with grey.
+    validation). With `letterbox_image`: keep the aspect ratio and pad with grey. `to_float` then
+    gives what the model takes.
     """
     size = list(input_shape)
     fit = [Letterbox(size)] if letterbox_image else [v2.Resize(min(size), antialias=True), v2.CenterCrop(size)]
-    return v2.Compose(fit + ([v2.ToDtype(torch.float32, scale=True)] if to_float else []))
+    return v2.Compose(fit)
 
 
-def to_float_batch(images):
-    """uint8 images (any shape) -> float32 in [0, 1], the last step of `eval_transform`, for a batch on any device."""
+def to_float(images):
+    """uint8 images of any shape -> float32 in [0, 1], the model's input; on whatever device they are."""
     return v2.functional.to_dtype(images, torch.float32, scale=True)
 
 
@@ -143,7 +143,7 @@ def preprocess(image, input_shape, letterbox_image=False):
         image = load_image(image)
     elif isinstance(image, Image.Image):
         image = v2.functional.pil_to_tensor(to_rgb(image))
-    return eval_transform(input_shape, letterbox_image)(image)
+    return to_float(eval_transform(input_shape, letterbox_image)(image))
 
 
 def show_config(**kwargs):

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.distributed import all_ranks_finite, all_reduce_sum
-from utils.utils import to_float_batch
+from utils.utils import to_float
 
 
 class NonFiniteLoss(RuntimeError):
@@ -14,7 +14,7 @@ class NonFiniteLoss(RuntimeError):
 def split_pairs(images, labels, device, channels_last=False):
     """A collated batch (B, 2 pairs, 2 sides, 3, H, W), uint8 from the loader -> the two sides as float
     (2B, 3, H, W) in [0, 1] on `device`, and labels (2B,)."""
-    images = to_float_batch(images.to(device, non_blocking=True).flatten(0, 1))  # converted after the copy: 4x fewer bytes
+    images = to_float(images.to(device, non_blocking=True).flatten(0, 1))  # converted after the copy: 4x fewer bytes
     labels = labels.to(device, non_blocking=True).flatten()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     first = images[:, 0].contiguous(memory_format=memory_format)
