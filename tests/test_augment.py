@@ -5,7 +5,7 @@ import torch
 from torchvision.transforms import v2
 
 import utils.augment as augment
-from utils.augment import BATCH_OPS, BatchAutoAugment, crop_resize, equalize, sample_crop_boxes
+from utils.augment import BATCH_OPS, BatchAutoAugment, crop_resize, sample_crop_boxes
 from utils.dataloader import list_images
 from utils.utils import load_image
 
@@ -78,15 +78,6 @@ def test_each_batched_op_matches_torchvision(op, glyphs):
             # nearest-neighbour warps may round a pixel on a sampling boundary the other way
             assert differ.max() <= 1 or (differ > 0).float().mean() < 0.005, (op, magnitude, differ.max())
             assert (differ > 1).float().mean() < 0.005, (op, magnitude)
-
-
-def test_equalize_is_torchvisions_exactly(glyphs):
-    flat = torch.full((1, 30, 20), 77, dtype=torch.uint8)  # a single level: left as it is
-    two = torch.zeros(1, 30, 20, dtype=torch.uint8)
-    two[:, :10] = 200
-    rgb = colour_images(1, 30, 20)[0]
-    for batch in (torch.stack(glyphs[:8]), torch.stack([flat, two, rgb[:1]]), rgb[None]):
-        assert torch.equal(equalize(batch), v2.functional.equalize(batch))
 
 
 def test_sub_policies_are_drawn_with_torchvisions_probabilities(monkeypatch):

@@ -172,19 +172,6 @@ def _posterize(images, bits):
     return images & masks.to(torch.uint8).view(-1, 1, 1, 1)
 
 
-def equalize(images):
-    """Histogram equalisation of each channel of uint8 (k, C, H, W), as PIL and torchvision do it, in one pass."""
-    k, channels, height, width = images.shape
-    flat = images.reshape(k * channels, height * width).long()
-    hist = torch.zeros(k * channels, 256, dtype=torch.int32).scatter_add_(1, flat, torch.ones(1, dtype=torch.int32).expand_as(flat))
-    last = 255 - (hist.flip(1) > 0).to(torch.uint8).argmax(1, keepdim=True)  # the highest value present
-    step = (height * width - hist.gather(1, last)) // 255
-    lut = (hist.cumsum(1) + step // 2).div_(step.clamp(min=1), rounding_mode="floor").clamp_(0, 255)
-    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut[:, :-1]], 1)  # value v maps through the count below v
-    lut = torch.where(step == 0, torch.arange(256), lut).to(torch.uint8)  # a flat image stays as it is
-    return lut.gather(1, flat).view_as(images)
-
-
 # Each op takes uint8 (k, C, H, W) images and their k magnitudes (a float tensor), as torchvision's
 # AutoAugment defines the op and its magnitude.
 BATCH_OPS = {
@@ -202,7 +189,7 @@ BATCH_OPS = {
     "Posterize": _posterize,
     "Solarize": lambda x, m: torch.where(x >= 255.0 * m.view(-1, 1, 1, 1), 255 - x, x),
     "AutoContrast": lambda x, m: v2.functional.autocontrast(x),
-    "Equalize": lambda x, m: equalize(x),
+    "Equalize": lambda x, m: v2.functional.equalize(x),
     "Invert": lambda x, m: v2.functional.invert(x),
 }
 
