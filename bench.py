@@ -1,4 +1,4 @@
-"""Measure training and inference speed, loader speed and peak memory on this machine.
+"""Measure training and inference speed, loader speed, peak memory and one-shot task speed on this machine.
 
     python bench.py                       # 105x105 VGG16, batch 32, on dataset/ (the embedded glyphs or your data)
     python bench.py --dataset DIR --quick # a short run on DIR/images_background
@@ -16,12 +16,12 @@ import time
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from nets.siamese import Siamese
-from utils.dataloader import SiameseDataset, list_images
-from utils.datasets import make_glyphs
-from utils.demo import glyphs_present
+from nets.siamese import SiameseNetwork
+from tools.glyphs import glyphs_present, make_glyphs
+from utils.dataloader import SiameseDataset, indices_by_class, list_images
+from utils.images import preprocess
+from utils.loop import run_epoch, split_pairs
 from utils.schedule import make_optimizer
-from utils.utils_fit import run_epoch, split_pairs
 
 SETTINGS = {  # name -> (autocast dtype, channels_last, compile)
     "fp32": (None, False, False),
@@ -44,8 +44,10 @@ def parse_args(argv=None):
     parser.add_argument("--loader_images", type=int, default=1024, help="images augmented per loader measurement")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers for the keep-up check")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default); 1 is steadier on a busy machine")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads (0: torch's default); 1 is steadier on a busy machine")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--way", type=int, default=20, help="classes of the timed one-shot task")
     parser.add_argument("--quick", action="store_true", help="2 timed steps, 256 loader images")
     args = parser.parse_args(argv)
     if args.quick:
@@ -136,6 +138,18 @@ def peak_memory(device):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
+def best_seconds(fn, repeats, device):
+    """Wall time of the fastest of `repeats` calls of `fn` after one warm-up call (waiting for CUDA)."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
 def time_setting(setting, batch, input_shape, steps, device):
     """Train then infer with one setting on `batch`; returns pairs/s for both and the training peak memory."""
     amp_dtype, channels_last, compile_model = SETTINGS[setting]
@@ -143,7 +157,7 @@ def time_setting(setting, batch, input_shape, steps, device):
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = Siamese(input_shape).to(device)
+    model = SiameseNetwork(input_shape).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compile_model else model
@@ -151,27 +165,52 @@ def time_setting(setting, batch, input_shape, steps, device):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     options = dict(amp_dtype=amp_dtype, channels_last=channels_last, show=False)
     pairs = batch[1].numel()
-
-    def best(step, n):
-        times = []
-        for _ in range(n + 1):  # the first is warm-up
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        return pairs / min(times[1:])
-
-    train = best(lambda: run_epoch(step_model, [batch], device, optimizer, scaler, **options), steps)
+    train_step = lambda: run_epoch(step_model, [batch], device, optimizer, scaler, **options)  # noqa: E731
+    train = pairs / best_seconds(train_step, steps, device)
     memory = peak_memory(device)
     step_model.eval()
     first, second, _ = split_pairs(*batch, device, channels_last)
 
     def infer():
-        with torch.inference_mode(), torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.inference_mode(), \
+                torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
             step_model(first, second)
 
-    return {"train": train, "infer": best(infer, steps), "memory": memory}
+    return {"train": train, "infer": pairs / best_seconds(infer, steps, device), "memory": memory}
+
+
+@torch.inference_mode()
+def time_oneshot_task(paths, labels, input_shape, way, repeats, device, batch_size=64):
+    """Seconds for one `way`-way task (each of `way` queries against `way` candidates, one per class).
+
+    Three ways, images preprocessed beforehand in all: `cached` (the head alone on the way*way
+    pairs, embeddings cached, as evaluation and gallery search do), `embed_once` (embed the 2*way
+    images once, then the head) and `full_network` (every pair through backbone and head).
+    """
+    by_class = [rows for rows in indices_by_class(labels).values() if len(rows) >= 2][:way]
+    if len(by_class) < way:
+        raise SystemExit(f"error: a {way}-way task needs {way} classes with 2 images; the dataset has {len(by_class)}")
+    images = torch.stack([preprocess(paths[rows[k]], input_shape) for k in (0, 1) for rows in by_class]).to(device)
+    net = SiameseNetwork(input_shape).to(device).eval()
+    query_rows = torch.arange(way).repeat_interleave(way)
+    candidate_rows = way + torch.arange(way).repeat(way)
+
+    def embed_all():
+        return torch.cat([net.embed(chunk) for chunk in images.split(batch_size)])
+
+    embeddings = embed_all()
+
+    def full():
+        for rows1, rows2 in zip(query_rows.split(batch_size), candidate_rows.split(batch_size)):
+            net(images[rows1], images[rows2])
+
+    head = lambda emb: net.score(emb[query_rows], emb[candidate_rows])  # noqa: E731
+    return {
+        "pairs": len(query_rows),
+        "cached": best_seconds(lambda: head(embeddings), repeats, device),
+        "embed_once": best_seconds(lambda: head(embed_all()), repeats, device),
+        "full_network": best_seconds(full, repeats, device),
+    }
 
 
 def default_dataset():
@@ -192,13 +231,14 @@ def main(args):
     args.dataset = args.dataset or default_dataset()
     root = os.path.join(args.dataset, "images_background")
     if not os.path.isdir(root):
-        raise SystemExit(f"error: no dataset at {root}: make one with 'python -m utils.datasets glyphs' "
+        raise SystemExit(f"error: no dataset at {root}: make one with 'python -m tools.datasets glyphs' "
                          f"or pass --dataset DIR")
     paths, labels, class_names, _ = list_images(args.dataset, args.train_own_data)
     dataset = SiameseDataset(paths, labels, args.input_shape, train=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"bench: {name}; VGG16 Siamese at {args.input_shape[0]}x{args.input_shape[1]}, batch {args.batch_size} "
-          f"items = {2 * args.batch_size} pairs; {len(paths)} images in {len(class_names)} classes from {args.dataset}; "
+          f"items = {2 * args.batch_size} pairs; {len(paths)} images in {len(class_names)} classes "
+          f"from {args.dataset}; "
           f"best of {args.steps} steps; torch {torch.__version__}")
 
     ours, baseline = loader_speed(dataset, args.loader_images)
@@ -228,6 +268,14 @@ def main(args):
     demand = 2 * max(r["train"] for r in results.values())  # two images per pair
     print(f"DataLoader with {workers} workers: {supply:.0f} images/s; the fastest training setting uses {demand:.0f} "
           f"images/s ({'keeps up' if supply >= demand else 'the loader is the bottleneck'})")
+
+    times = time_oneshot_task(paths, labels, args.input_shape, args.way, args.steps, device)
+    print(f"one {args.way}-way task ({times['pairs']} pairs, fp32, images preprocessed): "
+          f"cached embeddings, head only {times['cached'] * 1000:.2f} ms; "
+          f"embed the {2 * args.way} images once + head {times['embed_once'] * 1000:.1f} ms; "
+          f"every pair through the network {times['full_network'] * 1000:.0f} ms "
+          f"({times['full_network'] / times['embed_once']:.1f}x and "
+          f"{times['full_network'] / times['cached']:.0f}x slower)")
 
 
 if __name__ == "__main__":

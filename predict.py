@@ -9,12 +9,11 @@ import argparse
 import os
 import sys
 
-from siamese import add_predictor_args, predictor_from_args
-from utils.checkpoint import WeightsError
-from utils.dataloader import DataError
-from utils.gallery import rank_gallery
+from siamese import add_predictor_args, check_predictor_args, predictor_from_args
 from utils.config import parse_bool
-from utils.utils import ImageError, open_image
+from utils.errors import DataError, ImageError, WeightsError
+from utils.gallery import rank_gallery
+from utils.images import open_image
 
 
 def parse_args(argv=None):
@@ -32,8 +31,7 @@ def parse_args(argv=None):
         parser.error(f"--gallery takes one query image, not {len(args.images)}")
     if not args.gallery and len(args.images) not in (0, 2):
         parser.error(f"give two image paths or none, not {len(args.images)}")
-    if min(args.input_shape) < 32:
-        parser.error(f"input_shape {args.input_shape}: each side must be at least 32 for VGG16")
+    check_predictor_args(parser, args)
     return args
 
 
@@ -70,7 +68,8 @@ def main(argv=None):
     try:
         model = predictor_from_args(args, verbose=not args.images)
     except WeightsError as e:
-        hint = "" if os.path.exists(args.model_path) else "; train first and pass --model_path logs/best_epoch_weights.pth"
+        hint = ("" if os.path.exists(args.model_path)
+                else "; train first and pass --model_path logs/best_epoch_weights.pth")
         raise SystemExit(f"error: {e}{hint}")
     if args.gallery:
         return search_gallery(model, args.gallery, args.images[0], args.top)

@@ -1,12 +1,11 @@
 """The predictor: loads trained weights and scores how similar two images are."""
-import matplotlib
-
 import torch
+from tqdm import tqdm
 
-from nets.siamese import Siamese as SiameseNet
+from nets.siamese import SiameseNetwork, check_input_shape
 from utils.checkpoint import load_exact
-from utils.config import parse_bool
-from utils.utils import preprocess, show_config
+from utils.config import parse_bool, show_config
+from utils.images import preprocess
 
 
 class Siamese:
@@ -29,8 +28,9 @@ class Siamese:
         self.__dict__.update(self._defaults)
         self.__dict__.update(kwargs)
         self.input_shape = list(self.input_shape)
+        check_input_shape(self.input_shape)
         self.device = torch.device("cuda" if self.cuda and torch.cuda.is_available() else "cpu")
-        self.net = load_exact(SiameseNet(self.input_shape), self.model_path).to(self.device).eval()
+        self.net = load_exact(SiameseNetwork(self.input_shape), self.model_path).to(self.device).eval()
         if verbose:
             show_config(**{k: getattr(self, k) for k in self._defaults})
 
@@ -39,12 +39,17 @@ class Siamese:
         return preprocess(image, self.input_shape, self.letterbox_image)
 
     @torch.inference_mode()
-    def embed(self, images, batch_size=64):
-        """A list of PIL images, tensors or paths -> (N, flat) backbone features, in batches."""
+    def embed(self, images, batch_size=64, progress=False, desc="embedding"):
+        """A list of PIL images, tensors or paths -> (N, flat) float backbone features on the CPU, in batches.
+
+        The one embedding path of prediction, evaluation and gallery search; `progress` shows a tqdm bar.
+        """
         chunks = []
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
-            chunks.append(self.net.embed(batch.to(self.device)).float())
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
+                chunks.append(self.net.embed(batch.to(self.device)).float().cpu())
+                bar.update(len(batch))
         return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
     @torch.inference_mode()
@@ -59,10 +64,10 @@ class Siamese:
         return float(self.score_pairs(emb[:1], emb[1:]))
 
     def detect_image(self, image_1, image_2, show=True, save_path=None):
-        """Score two PIL images and draw them side by side with `Similarity: 0.xxx` above.
+        """Return the similarity (a float in [0, 1], 1 = same class) of two PIL images, and draw them.
 
-        The figure is shown when `show` and a display exist, and saved to `save_path` if given.
-        Returns the similarity probability as a float.
+        The name is the original's. The figure, the two images side by side under `Similarity: 0.xxx`,
+        is shown when `show` and an interactive matplotlib backend are there, and saved to `save_path` if given.
         """
         probability = self.similarity(image_1, image_2)
         if show or save_path:
@@ -81,6 +86,14 @@ def add_predictor_args(parser):
     parser.add_argument("--cuda", type=parse_bool, default=defaults["cuda"], metavar="True|False")
 
 
+def check_predictor_args(parser, args):
+    """End the program with argparse's one-line error when the `add_predictor_args` settings cannot work."""
+    try:
+        check_input_shape(args.input_shape)
+    except ValueError as e:
+        parser.error(str(e))
+
+
 def predictor_from_args(args, verbose=True):
     """A Siamese predictor from parsed `add_predictor_args` settings."""
     return Siamese(model_path=args.model_path, input_shape=args.input_shape, letterbox_image=args.letterbox_image,
@@ -89,7 +102,7 @@ def predictor_from_args(args, verbose=True):
 
 def draw_pair(image_1, image_2, title, save_path=None, show=True):
     """Two PIL images side by side under `title`; saved and/or shown (never blocks without a display)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only here: importing the predictor must leave matplotlib's backend alone
 
     fig, axes = plt.subplots(1, 2, figsize=(6, 3.4))
     for ax, image in zip(axes, (image_1, image_2)):
@@ -98,6 +111,6 @@ def draw_pair(image_1, image_2, title, save_path=None, show=True):
     fig.suptitle(title)
     if save_path:
         fig.savefig(save_path, bbox_inches="tight")
-    if show and matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template"):
+    if show and fig.canvas.required_interactive_framework:  # None for Agg and other file-only backends
         plt.show()
     plt.close(fig)

@@ -10,22 +10,24 @@ import datetime
 import os
 import random
 import sys
+import time
 from collections import Counter
 
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from nets.siamese import Siamese
+from nets.siamese import SiameseNetwork, check_input_shape
 from utils import distributed as ddp
-from utils.callbacks import LossHistory, atomic_save
-from utils.checkpoint import WeightsError, load_checkpoint, load_matching, save_checkpoint, set_rng_state, unwrap
-from utils.config import config_comments, parse_config
 from utils.augment import AUGMENTATIONS
-from utils.dataloader import SPLITS, DataError, SiameseDataset, list_images, split_indices
+from utils.callbacks import LossHistory
+from utils.checkpoint import (atomic_save, load_checkpoint, load_imagenet_weights, load_matching, save_checkpoint,
+                              set_rng_state, unwrap)
+from utils.config import config_comments, parse_config, show_config
+from utils.dataloader import SPLITS, SiameseDataset, list_images, split_indices
+from utils.errors import DataError, ImageError, NonFiniteLoss, WeightsError
+from utils.loop import run_epoch
 from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
-from utils.utils import ImageError, show_config
-from utils.utils_fit import NonFiniteLoss, run_epoch
 
 # config: edit here, or pass --name value on the command line
 Cuda = True  # use a GPU when there is one; falls back to the CPU
@@ -59,47 +61,65 @@ save_dir = "logs"  # where weights, checkpoints and loss curves go
 num_workers = 4  # DataLoader worker processes (0: load in the main process)
 seed = 0  # random seed; each process adds its rank
 deterministic = False  # deterministic algorithms (for exact resume checks); slower
-CONFIG = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
+log_interval = 10  # read the loss on the host (progress bar, NaN check) every this many steps
+CONFIG = {k: v for k, v in dict(globals()).items()
+          if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
 CHOICES = {"optimizer_type": OPTIMIZERS, "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS}
-CHECKS = [
-    lambda c: c["input_shape"] and min(c["input_shape"]) < 32 and f"input_shape {c['input_shape']}: each side must be at least 32 for VGG16",
-    lambda c: (c["Epoch"] < 1 or c["Init_Epoch"] < 0) and "Epoch must be at least 1 and Init_Epoch at least 0",
-    lambda c: c["Init_Epoch"] >= c["Epoch"] and f"Init_Epoch {c['Init_Epoch']} must be below Epoch {c['Epoch']}",
-    lambda c: c["batch_size"] < 1 and "batch_size must be at least 1",
-    lambda c: not 0 < c["train_ratio"] < 1 and "train_ratio must be between 0 and 1",
-    lambda c: (c["num_workers"] < 0 or c["save_period"] < 1) and "num_workers must be >= 0 and save_period >= 1",
-    lambda c: (c["Init_lr"] <= 0 or c["Min_lr"] < 0) and "Init_lr must be positive and Min_lr not negative",
-    lambda c: c["stop_after"] < 0 and "stop_after must be 0 (no stop) or a number of epochs",
-]
 PER_RUN = ("resume", "stop_after", "model_path")  # settings a resumed run does not take from its checkpoint
 
 
-def parse_train_config(argv=None):
-    """CONFIG overridden by the command line; Min_lr follows Init_lr unless given itself.
+def config_error(c, done_epochs=None):
+    """The first problem with config `c` as one line, or None; `done_epochs` is a resumed checkpoint's epoch."""
+    try:
+        check_input_shape(c.input_shape)
+    except ValueError as e:
+        return str(e)
+    if c.Epoch < 1 or c.Init_Epoch < 0:
+        return "Epoch must be at least 1 and Init_Epoch at least 0"
+    if c.Init_Epoch >= c.Epoch:
+        return f"Init_Epoch {c.Init_Epoch} must be below Epoch {c.Epoch}"
+    if c.batch_size < 1:
+        return "batch_size must be at least 1"
+    if not 0 < c.train_ratio < 1:
+        return "train_ratio must be between 0 and 1"
+    if c.num_workers < 0 or c.save_period < 1 or c.log_interval < 1:
+        return "num_workers must be >= 0, save_period and log_interval >= 1"
+    if c.Init_lr <= 0 or c.Min_lr < 0:
+        return "Init_lr must be positive and Min_lr not negative"
+    if c.stop_after < 0:
+        return "stop_after must be 0 (no stop) or a number of epochs"
+    if done_epochs is not None and done_epochs >= c.Epoch:
+        return (f"{c.resume} has finished {done_epochs} of Epoch {c.Epoch} epochs: "
+                f"pass a larger --Epoch to train further")
+    return None
 
-    With `--resume`, the checkpoint's config replaces CONFIG as the defaults (except PER_RUN), so
-    `python train.py --resume logs/last.ckpt` alone continues the same run; raises WeightsError
-    when the checkpoint cannot be loaded.
+
+def parse_train_config(argv=None):
+    """CONFIG overridden by the command line -> (config namespace, checkpoint dict or None).
+
+    Min_lr follows Init_lr unless given itself. With `--resume`, the checkpoint is loaded here, once,
+    and its config replaces CONFIG as the defaults (except PER_RUN), so `python train.py --resume
+    logs/last.ckpt` alone continues the same run; raises WeightsError when it cannot be loaded.
     """
     argv = sys.argv[1:] if argv is None else argv
-    defaults, checks = dict(CONFIG), list(CHECKS)
+    defaults, checkpoint = dict(CONFIG), None
     first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--resume", default=CONFIG["resume"])
     resume = first.parse_known_args(argv)[0].resume
     if resume:
         checkpoint = load_checkpoint(resume)
         defaults.update((k, v) for k, v in checkpoint.get("config", {}).items() if k in CONFIG and k not in PER_RUN)
-        done = checkpoint["epoch"]
-        checks.append(lambda c: done >= c["Epoch"] and f"{resume} has finished {done} of Epoch {c['Epoch']} epochs: pass a larger --Epoch to train further")
+    done = checkpoint["epoch"] if checkpoint else None
     demo = {"demo": dict(action="store_true", help="train the embedded glyph demo offline: builds dataset/glyphs, "
-                         "trains on it with settings for a CPU, reports one-shot accuracy (other names still override)")}
-    config = parse_config(defaults, argv, description="Train the Siamese network.", choices=CHOICES, checks=checks,
-                          helps=config_comments(__file__), extra=demo)
-    config.pop("demo")
+                         "trains on it with settings for a CPU, reports one-shot accuracy "
+                         "(other names still override)")}
+    config = parse_config(defaults, argv, description="Train the Siamese network.", choices=CHOICES,
+                          validate=lambda c: config_error(c, done), helps=config_comments(__file__), extra=demo)
+    del config.demo
     if not any(a.startswith("--Min_lr") for a in argv) and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
-        config["Min_lr"] = config["Init_lr"] * 0.01
-    return config
+        config.Min_lr = config.Init_lr * 0.01
+    return config, checkpoint
 
 
 def make_loader(dataset, batch_size, num_workers, shuffle, use_cuda):
@@ -114,39 +134,42 @@ def make_loader(dataset, batch_size, num_workers, shuffle, use_cuda):
 
 def load_datasets(c, say, is_main):
     """List, split and wrap the data of config `c`; returns (train_set, val_set). Raises DataError when unusable."""
-    root = os.path.join(c["dataset_path"], "images_background")
+    root = os.path.join(c.dataset_path, "images_background")
     if not os.path.isdir(root):
         raise DataError(
-            f"no dataset at {root}: make one with 'python -m utils.datasets glyphs' (embedded, offline) or "
-            f"'python -m utils.datasets omniglot' (downloads Omniglot), or put your own class folders there "
+            f"no dataset at {root}: make one with 'python -m tools.datasets glyphs' (embedded, offline) or "
+            f"'python -m tools.datasets omniglot' (downloads Omniglot), or put your own class folders there "
             f"with --train_own_data True"
         )
-    paths, labels, class_names, skipped = list_images(c["dataset_path"], c["train_own_data"], warn=is_main)
+    paths, labels, class_names, skipped = list_images(c.dataset_path, c.train_own_data, warn=is_main)
     say(f"{len(paths)} images in {len(class_names)} classes ({skipped} files skipped)")
     few = sum(1 for count in Counter(labels).values() if count < 3)
     if few:
         say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
-    train_idx, val_idx = split_indices(labels, c["split_by"], c["train_ratio"], seed=0)
-    train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c["input_shape"],
-                               train=True, augmentation=c["augmentation"], name="training")
-    val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c["input_shape"],
+    train_idx, val_idx = split_indices(labels, c.split_by, c.train_ratio, seed=0)
+    train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c.input_shape,
+                               train=True, augmentation=c.augmentation, name="training")
+    val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c.input_shape,
                              train=False, name="validation")
-    if len(train_set) < c["batch_size"] or len(val_set) < c["batch_size"]:
+    if len(train_set) < c.batch_size or len(val_set) < c.batch_size:
         raise DataError(
             f"dataset too small: {len(train_set)} training and {len(val_set)} validation images for batch_size "
-            f"{c['batch_size']}; lower batch_size or add images"
+            f"{c.batch_size}; lower batch_size or add images"
         )
     return train_set, val_set
 
 
 def build_model(c, device, say):
     """The Siamese network of config `c` on `device`, from ImageNet or `model_path` weights as asked."""
-    model = Siamese(c["input_shape"], pretrained=c["pretrained"] and not c["model_path"] and not c["resume"])
-    if c["model_path"] and not c["resume"]:
-        loaded, failed = load_matching(model, c["model_path"])
-        say(f"Loaded {len(loaded)} keys from {c['model_path']}; not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
+    model = SiameseNetwork(c.input_shape)
+    if c.pretrained and not c.model_path and not c.resume:
+        model.vgg.load_imagenet(load_imagenet_weights())
+    if c.model_path and not c.resume:
+        loaded, failed = load_matching(model, c.model_path)
+        say(f"Loaded {len(loaded)} keys from {c.model_path}; "
+            f"not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
     model.to(device)
-    if c["channels_last"]:
+    if c.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -154,56 +177,55 @@ def build_model(c, device, say):
 def save_weights(c, model, epoch, train, val, best_val_loss, say):
     """Write the epoch's weight files, named as the original names them; returns the best validation loss so far."""
     weights = unwrap(model).state_dict()
-    if (epoch + 1) % c["save_period"] == 0 or epoch + 1 == c["Epoch"]:
+    if (epoch + 1) % c.save_period == 0 or epoch + 1 == c.Epoch:
         name = f"ep{epoch + 1:03d}-loss{train['loss']:.3f}-val_loss{val['loss']:.3f}.pth"
-        atomic_save(weights, os.path.join(c["save_dir"], name))
+        atomic_save(weights, os.path.join(c.save_dir, name))
     if val["loss"] <= best_val_loss:
         best_val_loss = val["loss"]
-        say(f"Best validation loss so far: saving {os.path.join(c['save_dir'], 'best_epoch_weights.pth')}")
-        atomic_save(weights, os.path.join(c["save_dir"], "best_epoch_weights.pth"))
-    atomic_save(weights, os.path.join(c["save_dir"], "last_epoch_weights.pth"))
+        say(f"Best validation loss so far: saving {os.path.join(c.save_dir, 'best_epoch_weights.pth')}")
+        atomic_save(weights, os.path.join(c.save_dir, "best_epoch_weights.pth"))
+    atomic_save(weights, os.path.join(c.save_dir, "last_epoch_weights.pth"))
     return best_val_loss
 
 
-def main(config):
-    c = config
-    use_cuda = c["Cuda"] and torch.cuda.is_available()
-    rank, local_rank, world_size, device = ddp.setup(c["distributed"], use_cuda)
+def main(c, checkpoint=None):
+    """Train with config `c` (from `parse_train_config`); `checkpoint` is the loaded `c.resume`, if any."""
+    use_cuda = c.Cuda and torch.cuda.is_available()
+    rank, local_rank, world_size, device = ddp.setup(c.distributed, use_cuda)
     is_main = rank == 0
     say = print if is_main else (lambda *a, **k: None)
-    if c["Cuda"] and not use_cuda:
+    if c.Cuda and not use_cuda:
         say("No CUDA device found: training on the CPU.")
-    torch.manual_seed(c["seed"] + rank)  # DataLoader workers derive their seeds from this: ranks draw different pairs
-    random.seed(c["seed"] + rank)
-    if c["deterministic"]:
+    torch.manual_seed(c.seed + rank)  # DataLoader workers derive their seeds from this: ranks draw different pairs
+    random.seed(c.seed + rank)
+    if c.deterministic:
         torch.use_deterministic_algorithms(True)
     if use_cuda:
-        torch.backends.cudnn.benchmark = not c["deterministic"]
-    if c["batch_size"] % world_size:
-        raise SystemExit(f"batch_size {c['batch_size']} must divide evenly over {world_size} processes")
+        torch.backends.cudnn.benchmark = not c.deterministic
+    if c.batch_size % world_size:
+        raise SystemExit(f"batch_size {c.batch_size} must divide evenly over {world_size} processes")
 
     train_set, val_set = load_datasets(c, say, is_main)
     if is_main:
-        show_config(**c, num_train=len(train_set), num_val=len(val_set), device=f"{device} x {world_size}")
-    epoch_step = len(train_set) // c["batch_size"]
+        show_config(**vars(c), num_train=len(train_set), num_val=len(val_set), device=f"{device} x {world_size}")
+    epoch_step = len(train_set) // c.batch_size
 
-    lr, min_lr = scaled_lr(c["batch_size"], c["Init_lr"], c["Min_lr"], c["optimizer_type"])
-    total_steps = epoch_step * c["Epoch"]
-    wanted = MIN_STEPS[c["optimizer_type"]]
+    lr, min_lr = scaled_lr(c.batch_size, c.Init_lr, c.Min_lr, c.optimizer_type)
+    total_steps = epoch_step * c.Epoch
+    wanted = MIN_STEPS[c.optimizer_type]
     if total_steps < wanted:
-        say(f"Warning: {total_steps} training steps is below the {wanted} recommended for {c['optimizer_type']}; "
+        say(f"Warning: {total_steps} training steps is below the {wanted} recommended for {c.optimizer_type}; "
             f"about {wanted // epoch_step + 1} epochs would reach it.")
 
     model = build_model(c, device, say)
-    optimizer = make_optimizer(model.parameters(), c["optimizer_type"], lr, c["momentum"], c["weight_decay"])
-    amp_dtype = torch.float16 if (c["fp16"] and use_cuda) else torch.bfloat16 if c["bf16"] else None
+    optimizer = make_optimizer(model.parameters(), c.optimizer_type, lr, c.momentum, c.weight_decay)
+    amp_dtype = torch.float16 if (c.fp16 and use_cuda) else torch.bfloat16 if c.bf16 else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    start_epoch, best_val_loss = c["Init_Epoch"], float("inf")
-    log_dir = os.path.join(c["save_dir"], "loss_" + datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S"))
+    start_epoch, best_val_loss = c.Init_Epoch, float("inf")
+    log_dir = os.path.join(c.save_dir, "loss_" + datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S"))
     losses, val_losses = [], []
-    if c["resume"]:
-        checkpoint = load_checkpoint(c["resume"])
+    if checkpoint:
         unwrap(model).load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -211,36 +233,39 @@ def main(config):
         losses, val_losses, log_dir = checkpoint["losses"], checkpoint["val_losses"], checkpoint["log_dir"]
         if world_size == 1:  # the random states are rank 0's; other ranks keep their own seeds
             set_rng_state(checkpoint["rng"])
-        say(f"Resuming from {c['resume']} at epoch {start_epoch + 1}/{c['Epoch']}")
+        say(f"Resuming from {c.resume} at epoch {start_epoch + 1}/{c.Epoch}")
     history = LossHistory(log_dir, losses, val_losses) if is_main else None
 
     if world_size > 1:
-        if c["sync_bn"]:
+        if c.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
-    train_model = torch.compile(model) if c["compile"] else model
-    per_rank_batch = c["batch_size"] // world_size
-    train_loader = make_loader(train_set, per_rank_batch, c["num_workers"], True, use_cuda)
-    val_loader = make_loader(val_set, per_rank_batch, c["num_workers"], False, use_cuda)
+    train_model = torch.compile(model) if c.compile else model
+    per_rank_batch = c.batch_size // world_size
+    train_loader = make_loader(train_set, per_rank_batch, c.num_workers, True, use_cuda)
+    val_loader = make_loader(val_set, per_rank_batch, c.num_workers, False, use_cuda)
 
-    checkpoint_path = os.path.join(c["save_dir"], "last.ckpt")
+    checkpoint_path = os.path.join(c.save_dir, "last.ckpt")
     resume_command = f"python train.py --resume {checkpoint_path}"
-    end_epoch = min(c["Epoch"], start_epoch + c["stop_after"]) if c["stop_after"] else c["Epoch"]
+    end_epoch = min(c.Epoch, start_epoch + c.stop_after) if c.stop_after else c.Epoch
     next_epoch = start_epoch  # the first epoch not yet finished: where a resumed run starts
     try:
         for epoch in range(start_epoch, end_epoch):
-            epoch_lr = lr_at_epoch(epoch, lr, min_lr, c["Epoch"], c["lr_decay_type"])
+            epoch_lr = lr_at_epoch(epoch, lr, min_lr, c.Epoch, c.lr_decay_type)
             set_lr(optimizer, epoch_lr)
             for loader in (train_loader, val_loader):
                 if isinstance(loader.sampler, DistributedSampler):
                     loader.sampler.set_epoch(epoch)
-            tag = f"Epoch {epoch + 1}/{c['Epoch']}"
-            options = dict(amp_dtype=amp_dtype, channels_last=c["channels_last"], show=is_main)
-            train = run_epoch(train_model, train_loader, device, optimizer, scaler, desc=f"{tag} train", lr=epoch_lr, **options)
+            tag = f"Epoch {epoch + 1}/{c.Epoch}"
+            options = dict(amp_dtype=amp_dtype, channels_last=c.channels_last, show=is_main,
+                           log_interval=c.log_interval)
+            train = run_epoch(train_model, train_loader, device, optimizer, scaler, desc=f"{tag} train", lr=epoch_lr,
+                              **options)
             val = run_epoch(train_model, val_loader, device, desc=f"{tag} val", **options)
             if not is_main:
                 continue
-            say(f"{tag}: loss {train['loss']:.3f} acc {train['acc']:.3f} | val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}")
+            say(f"{tag}: loss {train['loss']:.3f} acc {train['acc']:.3f} | "
+                f"val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}")
             history.append(train["loss"], val["loss"])
             best_val_loss = save_weights(c, model, epoch, train, val, best_val_loss, say)
             next_epoch = epoch + 1
@@ -255,10 +280,11 @@ def main(config):
         raise NonFiniteLoss(f"{e}; stopped without saving epoch {next_epoch + 1}'s weights") from None
     finally:
         ddp.cleanup()
-    if end_epoch < c["Epoch"]:
-        say(f"Stopped after epoch {end_epoch}/{c['Epoch']} (stop_after {c['stop_after']}); continue with: {resume_command}")
+    if end_epoch < c.Epoch:
+        say(f"Stopped after epoch {end_epoch}/{c.Epoch} (stop_after {c.stop_after}); "
+            f"continue with: {resume_command}")
     else:
-        say(f"Done: weights in {c['save_dir']}/, loss curves in {log_dir}/")
+        say(f"Done: weights in {c.save_dir}/, loss curves in {log_dir}/")
 
 
 def one_line(error):
@@ -269,13 +295,26 @@ def one_line(error):
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
+def run_demo(argv, max_characters=None, **report_options):
+    """`python train.py --demo`: build the glyph set if absent, train on it, then evaluate and draw (tools/demo.py)."""
+    from tools.demo import DEMO_ARGS, build_glyphs, report
+
+    start = time.time()
+    c, checkpoint = parse_train_config(DEMO_ARGS + argv)  # the demo's settings go first: the command line wins
+    build_glyphs(c.dataset_path, **({"max_characters": max_characters} if max_characters else {}))
+    main(c, checkpoint)
+    result = report(c, **report_options)
+    print(f"The demo took {(time.time() - start) / 60:.1f} min")
+    return result
+
+
 if __name__ == "__main__":
     try:
-        if "--demo" in sys.argv[1:]:  # the demo's settings go first, so the command line still wins
-            from utils.demo import DEMO_ARGS, run_demo
-            run_demo(main, parse_train_config(DEMO_ARGS + sys.argv[1:]))
+        argv = sys.argv[1:]
+        if "--demo" in argv:
+            run_demo(argv)
         else:
-            main(parse_train_config())
+            main(*parse_train_config(argv))
     except (DataError, ImageError, WeightsError, NonFiniteLoss) as e:
         raise SystemExit(f"error: {one_line(e)}")
     except KeyboardInterrupt:  # before training started: nothing to save

@@ -2,7 +2,15 @@
 import torch
 from torch import nn
 
-from nets.vgg import VGG16Backbone, load_imagenet_features
+from nets.vgg import VGG16Backbone
+
+MIN_SIDE = 32  # VGG16 halves the input five times
+
+
+def check_input_shape(input_shape):
+    """Raise ValueError unless `input_shape` is [height, width] with both sides at least 32 pixels."""
+    if len(input_shape) != 2 or min(input_shape) < MIN_SIDE:
+        raise ValueError(f"input_shape {list(input_shape)}: each side must be at least {MIN_SIDE} for VGG16")
 
 
 def flat_features(input_shape):
@@ -11,20 +19,17 @@ def flat_features(input_shape):
     return 512 * (height // 32) * (width // 32)
 
 
-class Siamese(nn.Module):
+class SiameseNetwork(nn.Module):
     """Scores a pair of image batches; one logit per pair (sigmoid gives the similarity).
 
     State-dict keys: `vgg.features.<i>.*`, `fully_connect1.*`, `fully_connect2.*`, the same as
     the original repository, so its weights load here unchanged and ours load there.
     """
 
-    def __init__(self, input_shape=(105, 105), pretrained=False, model_dir="model_data"):
+    def __init__(self, input_shape=(105, 105)):
         super().__init__()
-        if min(input_shape) < 32:
-            raise ValueError(f"input_shape {list(input_shape)} is too small: VGG16 needs at least 32x32")
+        check_input_shape(input_shape)
         self.vgg = VGG16Backbone()
-        if pretrained:
-            load_imagenet_features(self.vgg, model_dir)
         self.fully_connect1 = nn.Linear(flat_features(input_shape), 512)
         self.fully_connect2 = nn.Linear(512, 1)
 

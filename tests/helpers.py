@@ -1,8 +1,46 @@
-"""Reference helpers for tests: weights in the original format and a functional forward pass."""
+"""Code the tests share: real Omniglot data, weights in the original format and a functional forward pass."""
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OMNIGLOT_DIR = ROOT.parent / "shared" / "omniglot"
 VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def omniglot_zip(name):
+    """Path of an Omniglot zip; skips when the data is absent, fails when OMNIGLOT_DIR names a folder without it."""
+    folder = Path(os.environ.get("OMNIGLOT_DIR", DEFAULT_OMNIGLOT_DIR))
+    path = folder / name
+    if path.is_file():
+        return path
+    if "OMNIGLOT_DIR" in os.environ:
+        pytest.fail(f"OMNIGLOT_DIR={folder} has no {name}")
+    pytest.skip(f"real Omniglot data not found: {path} (set OMNIGLOT_DIR to a folder with the zips)")
+
+
+def unpack(zip_name, target):
+    """Unzip `zip_name` into `target`; returns the folder of alphabets inside it."""
+    with zipfile.ZipFile(omniglot_zip(zip_name)) as archive:
+        archive.extractall(target)
+    return target / Path(zip_name).stem
+
+
+def make_subset(alphabets_dir, target, alphabets=2, characters=6, drawers=20):
+    """Copy a few alphabets/characters/drawers into `target/images_background/` (Omniglot layout)."""
+    out = target / "images_background"
+    for alphabet in sorted(p for p in alphabets_dir.iterdir() if p.is_dir())[:alphabets]:
+        for character in sorted(p for p in alphabet.iterdir() if p.is_dir())[:characters]:
+            dest = out / alphabet.name / character.name
+            dest.mkdir(parents=True)
+            for image in sorted(character.glob("*.png"))[:drawers]:
+                shutil.copy(image, dest / image.name)
+    return target
 
 
 def original_format_state_dict(input_shape, seed=0):
@@ -13,7 +51,8 @@ def original_format_state_dict(input_shape, seed=0):
         if item == "M":
             index += 1
             continue
-        state[f"vgg.features.{index}.weight"] = torch.randn(item, channels, 3, 3, generator=generator) * (2 / (9 * channels)) ** 0.5
+        weight = torch.randn(item, channels, 3, 3, generator=generator) * (2 / (9 * channels)) ** 0.5
+        state[f"vgg.features.{index}.weight"] = weight
         state[f"vgg.features.{index}.bias"] = torch.randn(item, generator=generator) * 0.01
         channels, index = item, index + 2  # conv then ReLU
     flat = 512 * (input_shape[0] // 32) * (input_shape[1] // 32)
@@ -32,7 +71,8 @@ def direct_probability(state, image_1, image_2):
             if item == "M":
                 x, index = F.max_pool2d(x, 2, 2), index + 1
             else:
-                x = F.relu(F.conv2d(x, state[f"vgg.features.{index}.weight"], state[f"vgg.features.{index}.bias"], padding=1))
+                weight, bias = state[f"vgg.features.{index}.weight"], state[f"vgg.features.{index}.bias"]
+                x = F.relu(F.conv2d(x, weight, bias, padding=1))
                 index += 2
         return torch.flatten(x, 1)
 

@@ -7,7 +7,7 @@ from torchvision.transforms import v2
 import utils.augment as augment
 from utils.augment import BATCH_OPS, BatchAutoAugment, crop_resize, sample_crop_boxes
 from utils.dataloader import list_images
-from utils.utils import load_image
+from utils.images import load_image
 
 pytestmark = pytest.mark.skipif(not BatchAutoAugment.supported(), reason="this torchvision lacks the AutoAugment tables")
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.dataloader import DataError, SiameseDataset, list_images, split_by_class, split_by_image, split_indices
-from utils.utils import preprocess
-from utils.utils_fit import split_pairs
+from utils.dataloader import SiameseDataset, list_images, split_by_class, split_by_image, split_indices
+from utils.errors import DataError
+from utils.images import preprocess
+from utils.loop import split_pairs
 
 
 def test_omniglot_layout_lists_one_class_per_character(omniglot_subset):
@@ -107,7 +108,8 @@ def test_training_items_are_augmented_at_the_input_size(omniglot_subset):
         dataset = SiameseDataset(paths, labels, (48, 40), train=True, augmentation=augmentation)
         images, _ = dataset[0]
         assert images.shape == (2, 2, 3, 48, 40) and images.dtype == torch.uint8
-        assert len({tuple(image.flatten().tolist()) for image in images.flatten(0, 1)}) == 4  # each augmented on its own
+        # each augmented on its own
+        assert len({tuple(image.flatten().tolist()) for image in images.flatten(0, 1)}) == 4
 
 
 def test_any_image_mode_becomes_three_channel_rgb(tmp_path):

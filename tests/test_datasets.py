@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, omniglot_zip
-from utils.dataloader import DataError, list_images
-from utils.datasets import BACKGROUND_SCRIPTS, DRAWERS, EVALUATION_SCRIPTS, get_omniglot, main, make_glyphs
+from helpers import ROOT, omniglot_zip
+from tools.datasets import main
+from tools.glyphs import BACKGROUND_SCRIPTS, DRAWERS, EVALUATION_SCRIPTS, make_glyphs
+from tools.omniglot import get_omniglot
+from utils.dataloader import list_images
+from utils.errors import DataError
 
 
 def tree(folder):
@@ -49,10 +52,11 @@ def test_glyphs_write_omniglot_layout_and_are_deterministic(tmp_path):
 
 def test_glyphs_command_and_refusal_to_overwrite(tmp_path):
     out = tmp_path / "dataset"
-    command = [sys.executable, "-m", "utils.datasets", "glyphs", "--out", str(out), "--max_characters", "2"]
+    command = [sys.executable, "-m", "tools.datasets", "glyphs", "--out", str(out), "--max_characters", "2"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert f"{out / 'images_background'}: {len(BACKGROUND_SCRIPTS)} alphabets, {2 * len(BACKGROUND_SCRIPTS)} characters" in done.stdout
+    scripts = len(BACKGROUND_SCRIPTS)
+    assert f"{out / 'images_background'}: {scripts} alphabets, {2 * scripts} characters" in done.stdout
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert not list(out.glob(".glyphs-*")), "the temporary build folder was left behind"
@@ -117,4 +121,4 @@ def test_train_without_dataset_names_both_data_commands(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "python -m utils.datasets glyphs" in done.stderr and "python -m utils.datasets omniglot" in done.stderr
+    assert "python -m tools.datasets glyphs" in done.stderr and "python -m tools.datasets omniglot" in done.stderr

@@ -4,18 +4,19 @@ import torch
 from helpers import direct_probability, original_format_state_dict
 from torchvision.models import vgg16
 
-from nets.siamese import Siamese, flat_features
-from nets.vgg import load_imagenet_features
-from utils.checkpoint import WeightsError
+from nets.siamese import SiameseNetwork, flat_features
+from utils.checkpoint import load_imagenet_weights
+from utils.errors import WeightsError
+
 
 def test_state_dict_keys_match_the_original_format():
-    keys = set(Siamese((64, 64)).state_dict())
+    keys = set(SiameseNetwork((64, 64)).state_dict())
     assert keys == set(original_format_state_dict((64, 64)))
 
 
 def test_original_weights_give_the_same_outputs():
     state = original_format_state_dict((64, 96))
-    model = Siamese((64, 96))
+    model = SiameseNetwork((64, 96))
     model.load_state_dict(state)  # strict: every key, every shape
     model.eval()
     images_1, images_2 = torch.rand(3, 3, 64, 96), torch.rand(3, 3, 64, 96)
@@ -32,18 +33,19 @@ def test_original_weights_give_the_same_outputs():
 def test_flat_feature_size(shape, flat):
     assert flat_features(shape) == flat
     with torch.no_grad():
-        assert Siamese(shape).embed(torch.zeros(1, 3, *shape)).shape == (1, flat)
+        assert SiameseNetwork(shape).embed(torch.zeros(1, 3, *shape)).shape == (1, flat)
 
 
 def test_input_below_32_is_refused():
     with pytest.raises(ValueError, match="at least 32"):
-        Siamese((31, 64))
+        SiameseNetwork((31, 64))
 
 
 def test_imagenet_weights_load_from_model_data(tmp_path):
     imagenet = vgg16(weights=None).state_dict()
     torch.save(imagenet, tmp_path / "vgg16-397923af.pth")
-    model = Siamese((32, 32), pretrained=True, model_dir=str(tmp_path))
+    model = SiameseNetwork((32, 32))
+    model.vgg.load_imagenet(load_imagenet_weights(str(tmp_path)))
     for key, value in model.vgg.features.state_dict().items():
         assert torch.equal(value, imagenet[f"features.{key}"])
 
@@ -54,14 +56,12 @@ def test_imagenet_weights_download_into_model_data(tmp_path):
     imagenet = vgg16(weights=None).state_dict()
     torch.save(imagenet, source)
     model_dir = tmp_path / "model_data"
-    backbone = Siamese((32, 32)).vgg
-    load_imagenet_features(backbone, str(model_dir), url=source.as_uri())
+    backbone = SiameseNetwork((32, 32)).vgg.load_imagenet(load_imagenet_weights(str(model_dir), url=source.as_uri()))
     assert (model_dir / "vgg16-397923af.pth").is_file()
     assert torch.equal(backbone.features[0].weight, imagenet["features.0.weight"])
 
 
 def test_missing_imagenet_weights_say_where_to_put_them(tmp_path):
-    backbone = Siamese((32, 32)).vgg
     url = (tmp_path / "nowhere" / "vgg16-397923af.pth").as_uri()
     with pytest.raises(WeightsError, match=r"put vgg16-397923af.pth at .*model_data.* or set pretrained = False"):
-        load_imagenet_features(backbone, str(tmp_path / "model_data"), url=url)
+        load_imagenet_weights(str(tmp_path / "model_data"), url=url)

@@ -6,18 +6,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_subset
+from helpers import make_subset
 
+import bench
 import eval_oneshot
 import predict
-from nets.siamese import Siamese as SiameseNet
+from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.dataloader import DataError
+from utils.errors import DataError
 from utils.gallery import CACHE_NAME, gallery_embeddings, rank_gallery
-from utils.oneshot import (benchmark_task, best_threshold, evaluate_embedded, evaluate_folder, evaluate_runs,
+from utils.oneshot import (best_threshold, evaluate_embedded, evaluate_folder, evaluate_runs,
                            evaluate_runs_embedded, evaluate_verification, list_classes, list_runs, metrics_at,
                            parse_run, pick_best, roc_auc, sample_tasks)
-from utils.utils import preprocess
+from utils.images import preprocess
 
 SHAPE = [32, 32]
 
@@ -25,7 +26,7 @@ SHAPE = [32, 32]
 def save_random_weights(path, seed=0, constant=False):
     """A freshly initialised network's state dict; `constant` zeroes the last layer so every pair scores the same."""
     torch.manual_seed(seed)
-    state = SiameseNet(SHAPE).state_dict()
+    state = SiameseNetwork(SHAPE).state_dict()
     if constant:
         state["fully_connect2.weight"].zero_()
     torch.save(state, path)
@@ -186,7 +187,7 @@ def test_verification_metrics_against_brute_force():
     assert (at["accuracy"], at["precision"], at["recall"]) == (0.25, 1 / 3, 0.5)
 
 
-def test_verify_and_bench_cli(small2, tmp_path, model, capsys):
+def test_verify_cli(small2, tmp_path, model, capsys):
     folder = make_subset(small2, tmp_path / "data", alphabets=2, characters=5, drawers=4) / "images_background"
     result = evaluate_verification(model, folder, pairs=200, progress=False)
     assert result["pairs"] == 200 and result["positives"] == 100 and 0.0 <= result["auc"] <= 1.0
@@ -196,14 +197,12 @@ def test_verify_and_bench_cli(small2, tmp_path, model, capsys):
     eval_oneshot.main(common + ["--verify", "--pairs", "200"])
     out = capsys.readouterr().out
     assert f"ROC AUC {result['auc']:.4f}" in out and "best threshold" in out and "threshold 0.5" in out
-    eval_oneshot.main(common + ["--bench", "--way", "5", "--repeats", "1"])
-    out = capsys.readouterr().out
-    assert "5-way task, 25 pairs" in out and "full network" in out
 
 
-def test_benchmark_task_times_all_three(small2, model):
-    images = sorted(small2.glob("Greek/character0[1-4]/*_0[12].png"))
-    times = benchmark_task(model, images[0::2], images[1::2], repeats=1)
+def test_bench_times_a_oneshot_task_three_ways(small2):
+    paths = sorted(str(p) for p in small2.glob("Greek/character0[1-4]/*_0[12].png"))
+    labels = [path.split("/")[-2] for path in paths]
+    times = bench.time_oneshot_task(paths, labels, SHAPE, way=4, repeats=1, device=torch.device("cpu"))
     assert times["pairs"] == 16
     assert 0 < times["cached"] < times["full_network"]
 

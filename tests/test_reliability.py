@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_subset
-from nets.siamese import Siamese as SiameseNet
+from helpers import make_subset
+from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.callbacks import atomic_save
-from utils.checkpoint import WeightsError, load_checkpoint, safe_load
-from utils.dataloader import DataError, SiameseDataset, list_images
-from utils.utils import ImageError, open_image, verify_image
+from utils.checkpoint import atomic_save, load_checkpoint, safe_load
+from utils.dataloader import SiameseDataset, list_images
+from utils.errors import DataError, ImageError, WeightsError
+from utils.images import open_image, verify_image
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}  # 2 shared cores: one thread each is fastest
@@ -172,7 +172,7 @@ def test_ctrl_c_writes_resumable_checkpoint(tiny_omniglot, tmp_path):
 
 
 def test_nonfinite_loss_stops_without_saving(tiny_omniglot, tmp_path):
-    weights = SiameseNet((32, 32)).state_dict()
+    weights = SiameseNetwork((32, 32)).state_dict()
     weights["fully_connect2.weight"].fill_(float("nan"))
     atomic_save(weights, str(tmp_path / "nan.pth"))
     save_dir = tmp_path / "logs"
@@ -284,7 +284,7 @@ def test_bad_arguments_give_one_message(args, message):
 
 def test_predict_reports_bad_input_in_one_line_and_the_loop_survives(tmp_path):
     weights = str(tmp_path / "w32.pth")
-    atomic_save(SiameseNet((32, 32)).state_dict(), weights)
+    atomic_save(SiameseNetwork((32, 32)).state_dict(), weights)
     first, second = png(tmp_path / "one.png", seed=1), png(tmp_path / "two.png", seed=2)
     (tmp_path / "text.png").write_text("not an image")
     truncated = truncated_png(tmp_path / "truncated.png")
@@ -299,6 +299,6 @@ def test_predict_reports_bad_input_in_one_line_and_the_loop_survives(tmp_path):
 
     assert_one_line_error(run("predict.py", tmp_path / "missing.png", first, *options), "missing.png: no such file")
     assert_one_line_error(run("predict.py", first, tmp_path / "text.png", *options), "text.png: not a readable image")
-    atomic_save(SiameseNet((64, 64)).state_dict(), str(tmp_path / "w64.pth"))
+    atomic_save(SiameseNetwork((64, 64)).state_dict(), str(tmp_path / "w64.pth"))
     wrong_size = run("predict.py", first, second, "--model_path", tmp_path / "w64.pth", *options[2:])
     assert_one_line_error(wrong_size, "fully_connect1.weight", "pass the input_shape the weights were trained at")

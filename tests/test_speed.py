@@ -1,4 +1,4 @@
-"""Speed and scale: fast image decoding, batched augmentation, worker seeding, mixed precision, torchrun DDP, bench.py."""
+"""Speed and scale: fast image decoding, batched augmentation, worker seeding, mixed precision, torchrun DDP, bench."""
 import os
 import re
 import subprocess
@@ -12,11 +12,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 from torchvision.transforms import v2
 
-from conftest import ROOT, make_subset
-from nets.siamese import Siamese
+from helpers import ROOT, make_subset
+from nets.siamese import SiameseNetwork
 from utils.dataloader import SiameseDataset, list_images
-from utils.utils import ImageError, load_image, open_image
-from utils.utils_fit import split_pairs
+from utils.errors import ImageError
+from utils.images import load_image, open_image
+from utils.loop import split_pairs
 
 
 def saved_modes(folder):
@@ -49,7 +50,8 @@ def test_load_image_matches_pil_for_every_mode(tmp_path):
 def test_load_image_errors_name_the_file(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature, then nothing sensible
-    for path, message in [(broken, "not a readable image"), (tmp_path / "missing.png", "no such file"), (tmp_path, "directory")]:
+    cases = [(broken, "not a readable image"), (tmp_path / "missing.png", "no such file"), (tmp_path, "directory")]
+    for path, message in cases:
         with pytest.raises(ImageError, match=re.escape(str(path)) + ".*" + message):
             load_image(path)
 
@@ -76,7 +78,7 @@ def test_bf16_and_fp32_losses_close(omniglot_subset):
     paths, labels, _, _ = list_images(omniglot_subset)
     torch.manual_seed(0)
     batch = default_collate(SiameseDataset(paths, labels, [64, 64], train=False).__getitems__(range(4)))
-    model = Siamese([64, 64]).eval()
+    model = SiameseNetwork([64, 64]).eval()
     losses = {}
     for name, dtype, channels_last in [("fp32", None, False), ("bf16", torch.bfloat16, True)]:
         first, second, targets = split_pairs(*batch, torch.device("cpu"), channels_last)
@@ -111,12 +113,14 @@ def test_torchrun_two_processes(small1, tmp_path):
 
 def test_bench_quick_prints_every_figure(omniglot_subset):
     command = [sys.executable, "bench.py", "--quick", "--dataset", str(omniglot_subset), "--input_shape", "32", "32",
-               "--batch_size", "2", "--steps", "1", "--loader_images", "32", "--workers", "1", "--threads", "1"]
+               "--batch_size", "2", "--steps", "1", "--loader_images", "32", "--workers", "1", "--threads", "1",
+               "--way", "5"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     number = r"(\d+(?:\.\d+)?)"
-    assert re.search(rf"loader images/s per worker: {number} \(PIL image by image: {number}; ratio {number}x\)", out), out
+    loader = rf"loader images/s per worker: {number} \(PIL image by image: {number}; ratio {number}x\)"
+    assert re.search(loader, out), out
     for setting in ("fp32", "fp32+channels_last", "bf16", "bf16+channels_last"):
         line = re.search(rf"^{re.escape(setting)} +training pairs/s +{number} +inference pairs/s +{number} +"
                          rf"peak memory \(training\) {number} MiB", out, re.M)
@@ -124,13 +128,14 @@ def test_bench_quick_prints_every_figure(omniglot_subset):
     for setting in ("fp32+channels_last", "bf16", "bf16+channels_last"):
         assert re.search(rf"ratio {re.escape(setting)} / fp32: training {number}x, inference {number}x", out), out
     assert re.search(rf"DataLoader with 1 workers: {number} images/s", out), out
+    assert re.search(rf"one 5-way task \(25 pairs, .*head only {number} ms; .*network {number} ms", out), out
 
 
 def test_bench_defaults_to_the_embedded_glyphs(tmp_path, monkeypatch):
     import functools
 
     import bench
-    from utils.datasets import make_glyphs
+    from tools.glyphs import make_glyphs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "make_glyphs", functools.partial(make_glyphs, max_characters=3))

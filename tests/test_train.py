@@ -2,16 +2,18 @@
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from helpers import ROOT, make_subset
 
-ROOT = Path(__file__).resolve().parent.parent
+import train
+from nets.siamese import SiameseNetwork
 
 
 def run_train(*args, cwd=ROOT, timeout=600):
     """Run train.py with `args`; returns the completed process (output captured)."""
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 SMALL_RUN = ["--Epoch", 2, "--batch_size", 8, "--input_shape", 32, 32, "--pretrained", "False",
@@ -48,10 +50,8 @@ def test_two_epochs_write_weights_losses_and_plot_then_reload(omniglot_subset, t
 
 
 def test_model_path_of_another_input_size_loads_the_matching_keys(omniglot_subset, tmp_path):
-    from nets.siamese import Siamese
-
     weights = tmp_path / "other_size.pth"
-    torch.save(Siamese((64, 64)).state_dict(), weights)
+    torch.save(SiameseNetwork((64, 64)).state_dict(), weights)
     result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", tmp_path / "logs",
                        "--model_path", weights)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -60,30 +60,38 @@ def test_model_path_of_another_input_size_loads_the_matching_keys(omniglot_subse
 
 
 def test_help_lists_every_config_name():
-    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0
-    sys.path.insert(0, str(ROOT))
-    import train
-
     for name in train.CONFIG:
         assert f"--{name}" in result.stdout
     assert "(default: 0.01)" in result.stdout
 
 
 def test_command_line_overrides_the_config_block():
-    sys.path.insert(0, str(ROOT))
-    import train
-
-    config = train.parse_train_config(["--Epoch", "5", "--input_shape", "64", "48", "--pretrained", "False",
-                                       "--Init_lr", "0.001", "--optimizer_type", "adam"])
-    assert config["Epoch"] == 5 and config["input_shape"] == [64, 48] and config["pretrained"] is False
-    assert config["Min_lr"] == 0.001 * 0.01 and config["optimizer_type"] == "adam"
-    assert config["batch_size"] == train.CONFIG["batch_size"]
+    config, checkpoint = train.parse_train_config(["--Epoch", "5", "--input_shape", "64", "48", "--pretrained", "False",
+                                                   "--Init_lr", "0.001", "--optimizer_type", "adam"])
+    assert checkpoint is None
+    assert config.Epoch == 5 and config.input_shape == [64, 48] and config.pretrained is False
+    assert config.Min_lr == 0.001 * 0.01 and config.optimizer_type == "adam"
+    assert config.batch_size == train.CONFIG["batch_size"]
 
 
-def test_readme_documents_every_config_name():
-    sys.path.insert(0, str(ROOT))
-    import train
+def test_config_reference_documents_every_config_name():
+    reference = (ROOT / "docs" / "config.md").read_text()
+    assert [name for name in train.CONFIG if f"| `{name}` |" not in reference] == []
 
-    readme = (ROOT / "README.md").read_text()
-    assert [name for name in train.CONFIG if f"| `{name}` |" not in readme] == []
+
+def test_training_learns_on_real_omniglot(small1, tmp_path):
+    """Two epochs from scratch (96 steps of 8 items) on 3 real alphabets: validation pairs beat chance (0.5).
+
+    Measured here: val_acc 0.73 on 192 pairs (standard error 0.03), so 0.62 leaves over 3 standard errors.
+    """
+    data = make_subset(small1, tmp_path / "data", alphabets=3, characters=8, drawers=20)
+    result = run_train("--dataset_path", data, "--save_dir", tmp_path / "logs", "--input_shape", 32, 32,
+                       "--pretrained", "False", "--optimizer_type", "adam", "--Init_lr", "8e-3", "--weight_decay", 0,
+                       "--augmentation", "none", "--batch_size", 8, "--Epoch", 4, "--stop_after", 2,
+                       "--lr_decay_type", "step", "--train_ratio", 0.8, "--num_workers", 0)
+    assert result.returncode == 0, result.stderr[-2000:]
+    val_acc = float(result.stdout.split("val_acc")[-1].split()[0])
+    assert val_acc >= 0.62, result.stdout[-1500:]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from utils.utils import GREY, eval_transform
+from utils.images import GREY, eval_transform
 
 AUGMENTATIONS = ("autoaugment", "jitter", "none")
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)

@@ -1,35 +1,12 @@
-"""What training leaves on disk: loss history files, the loss plot, weights and checkpoints."""
+"""What training leaves on disk besides weights: the loss history files and the loss plot."""
 import os
-import tempfile
-
-import matplotlib
-
-matplotlib.use("Agg")  # plots are written to files; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def smooth(values, window=5):
     """Centred moving average (shorter window at the ends)."""
     half = window // 2
-    return [sum(values[max(0, i - half): i + half + 1]) / len(values[max(0, i - half): i + half + 1]) for i in range(len(values))]
+    return [sum(values[max(0, i - half): i + half + 1]) / len(values[max(0, i - half): i + half + 1])
+            for i in range(len(values))]
 
 
 class LossHistory:
@@ -50,17 +27,22 @@ class LossHistory:
         self.plot()
 
     def plot(self):
+        """Write epoch_loss.png: train and validation curves, smoothed once there are 3 epochs."""
+        from matplotlib.figure import Figure  # a bare Figure renders to a file without pyplot or a GUI backend
+
         epochs = range(1, len(self.losses) + 1)
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.add_subplot()
         ax.plot(epochs, self.losses, "red", linewidth=2, label="train loss")
         ax.plot(epochs, self.val_losses, "coral", linewidth=2, label="val loss")
         if len(self.losses) >= 3:
             window = 5 if len(self.losses) < 25 else 15
-            ax.plot(epochs, smooth(self.losses, window), "green", linestyle="--", linewidth=2, label="smooth train loss")
-            ax.plot(epochs, smooth(self.val_losses, window), "#8B4513", linestyle="--", linewidth=2, label="smooth val loss")
+            ax.plot(epochs, smooth(self.losses, window), "green", linestyle="--", linewidth=2,
+                    label="smooth train loss")
+            ax.plot(epochs, smooth(self.val_losses, window), "#8B4513", linestyle="--", linewidth=2,
+                    label="smooth val loss")
         ax.grid(True)
         ax.set_xlabel("Epoch")
         ax.set_ylabel("Loss")
         ax.legend(loc="upper right")
         fig.savefig(os.path.join(self.log_dir, "epoch_loss.png"))
-        plt.close(fig)

@@ -1,16 +1,33 @@
-"""Loading weights safely, and the full training checkpoint used to resume a run."""
+"""Weights on disk: safe loading, atomic saving, ImageNet weights, and the checkpoint used to resume a run."""
 import os
 import pickle
 import random
+import tempfile
 
 import numpy as np
 import torch
+from torchvision.models import VGG16_Weights
 
-from utils.callbacks import atomic_save
+from utils.errors import WeightsError
+
+IMAGENET_WEIGHTS_URL = VGG16_Weights.IMAGENET1K_V1.url  # .../vgg16-397923af.pth
 
 
-class WeightsError(ValueError):
-    """A weights or checkpoint file that cannot be used; the message names the file."""
+def atomic_save(obj, path):
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def safe_load(path):
@@ -32,6 +49,23 @@ def safe_load(path):
         raise WeightsError(f"{path}: not a readable torch weights file ({reason})") from None
     except Exception as e:  # zip/EOF/format errors: not a torch file or truncated
         raise WeightsError(f"{path}: not a readable torch weights file ({type(e).__name__}: {e})") from None
+
+
+def load_imagenet_weights(model_dir="model_data", url=IMAGENET_WEIGHTS_URL):
+    """torchvision's ImageNet VGG16 state dict.
+
+    Looks for the file in `model_dir` first, downloads it there through torch's hub machinery
+    second, and raises a WeightsError saying where to put it third.
+    """
+    try:
+        return torch.hub.load_state_dict_from_url(url, model_dir=model_dir, map_location="cpu", progress=True,
+                                                  weights_only=True)
+    except Exception as e:  # urllib, hash and unpickling errors all mean the same to the user
+        target = os.path.join(model_dir, os.path.basename(url))
+        raise WeightsError(
+            f"cannot load ImageNet VGG16 weights ({type(e).__name__}: {e}); put {os.path.basename(url)} "
+            f"at {target} (from {url}) or set pretrained = False"
+        ) from None
 
 
 def unwrap(model):
@@ -111,7 +145,7 @@ def save_checkpoint(path, model, optimizer, scaler, epoch, best_val_loss, histor
             "val_losses": list(history.val_losses),
             "log_dir": log_dir,
             "rng": rng_state(),
-            "config": dict(config),
+            "config": dict(vars(config)),
         },
         path,
     )

@@ -65,22 +65,29 @@ def unknown_names_message(unknown, names):
     return f"unknown name(s): {', '.join(hints)}{valid}"
 
 
-def parse_config(defaults, argv=None, description="", choices=None, extra=None, checks=(), helps=None):
-    """Return a dict of `defaults` overridden by `argv`; extra flags come back too.
+def parse_config(defaults, argv=None, description="", choices=None, extra=None, validate=None, helps=None):
+    """Return an argparse.Namespace of `defaults` overridden by `argv`; extra flags come back too.
 
-    `checks` are functions of the parsed dict that return an error string or None; any error
-    ends the program with argparse's one-line usage message (exit code 2).
+    `validate(config)` returns an error string or None; an error ends the program with argparse's
+    one-line usage message (exit code 2).
     """
     parser = build_parser(defaults, description, choices, extra, helps)
-    args, unknown = parser.parse_known_args(argv)
+    config, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(unknown_names_message(unknown, list(defaults) + list(extra or {})))
-    config = vars(args)
-    for name, value in config.items():
-        if isinstance(defaults.get(name), tuple) and value is not None:
-            config[name] = list(value)
-    for check in checks:
-        error = check(config)
-        if error:
-            parser.error(error)
+    error = validate(config) if validate else None
+    if error:
+        parser.error(error)
     return config
+
+
+def show_config(**kwargs):
+    """Print a two-column table of settings."""
+    width = max(len(k) for k in kwargs) + 2
+    line = "-" * (width + 50)
+    print(line)
+    print(f"{'key':<{width}}| value")
+    print(line)
+    for key, value in kwargs.items():
+        print(f"{key:<{width}}| {value}")
+    print(line)

@@ -8,13 +8,18 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.augment import BatchAutoAugment, PerImage, train_transform
-from utils.utils import ImageError, eval_transform, is_image_file, load_image, verify_image
+from utils.errors import DataError, ImageError
+from utils.images import eval_transform, is_image_file, load_image, verify_image
 
 SPLITS = ("image", "class")
 
 
-class DataError(ValueError):
-    """A dataset that cannot be trained on; the message says what is wrong and where."""
+def indices_by_class(labels):
+    """{label: [indices of its images, in order]} for a list of per-image labels."""
+    by_class = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_class[label].append(index)
+    return by_class
 
 
 def _subfolders(path):
@@ -115,10 +120,9 @@ class SiameseDataset(Dataset):
         if train and augmentation == "autoaugment" and BatchAutoAugment.supported():
             self.transform = BatchAutoAugment(input_shape)
         else:
-            self.transform = PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
-        self.by_class = defaultdict(list)
-        for path, label in zip(self.paths, labels):
-            self.by_class[label].append(path)
+            per_image = train_transform(input_shape, augmentation) if train else eval_transform(input_shape)
+            self.transform = PerImage(per_image)
+        self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
         self.classes = sorted(self.by_class)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.positive_classes = [c for c in self.classes if len(self.by_class[c]) >= 3]

@@ -1,8 +1,20 @@
-"""torchrun-aware process setup: one process per device, rank 0 does the talking and saving."""
+"""Devices and processes: what the hardware does natively, and torchrun-aware setup (rank 0 talks and saves)."""
 import os
 
 import torch
 import torch.distributed as dist
+
+
+def native_bf16():
+    """True where bfloat16 autocast is fast: CUDA, or a CPU with AVX-512 BF16 or AMX (elsewhere it is emulated)."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def launched_by_torchrun():

@@ -8,11 +8,9 @@ import os
 
 import torch
 
-from utils.callbacks import atomic_save
-from utils.checkpoint import WeightsError, safe_load
-from utils.dataloader import DataError
-from utils.oneshot import embed_images
-from utils.utils import is_image_file
+from utils.checkpoint import atomic_save, safe_load
+from utils.errors import DataError, WeightsError
+from utils.images import is_image_file
 
 CACHE_NAME = ".siamese_embeddings.pth"
 
@@ -70,8 +68,8 @@ def gallery_embeddings(predictor, folder, use_cache=True, progress=True):
     cache_path, key = os.path.join(folder, CACHE_NAME), cache_key(predictor)
     cached = load_cache(cache_path, key) if use_cache else {}
     missing = [i for i, (name, stamp) in enumerate(zip(names, stamps)) if cached.get(name, (None,))[0] != stamp]
-    fresh = embed_images(predictor, [os.path.join(folder, names[i]) for i in missing], desc="embedding gallery",
-                         progress=progress)
+    fresh = predictor.embed([os.path.join(folder, names[i]) for i in missing], progress=progress,
+                            desc="embedding gallery")
     rows = {i: fresh[n] for n, i in enumerate(missing)}
     embeddings = torch.stack([rows[i] if i in rows else cached[name][1] for i, name in enumerate(names)])
     if use_cache and (missing or len(cached) != len(names)):

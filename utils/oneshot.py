@@ -1,4 +1,4 @@
-"""One-shot evaluation: N-way k-shot tasks, Lake's official runs, pair verification and a speed benchmark.
+"""One-shot evaluation: N-way k-shot tasks, Lake's official runs and pair verification.
 
 Every image is embedded once (batched, through the predictor's `embed`); pairs are scored with the
 head alone. Ties are broken at random with a seeded generator, so a model that scores every pair
@@ -7,28 +7,16 @@ the same gets chance accuracy, never credit for the right answer's position.
 import math
 import os
 import random
-import time
 from collections import defaultdict
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from utils.dataloader import DataError, list_images
-from utils.utils import is_image_file
+from utils.dataloader import indices_by_class, list_images
+from utils.errors import DataError
+from utils.images import is_image_file
 
 Z95 = 1.959964  # two-sided 95% normal quantile
-
-
-def embed_images(predictor, images, batch_size=64, desc="embedding", progress=True):
-    """Embed a list of paths/PIL images with `predictor.embed`, in batches, with a tqdm bar -> (N, flat)."""
-    chunks = []
-    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            chunks.append(predictor.embed(chunk, batch_size=batch_size).cpu())
-            bar.update(len(chunk))
-    return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
 def detect_own_data(folder):
@@ -65,9 +53,7 @@ def sample_tasks(labels, groups, way=20, shot=1, trials=400, within_alphabet=Fal
     class not among its supports. `within_alphabet` draws all classes of a task from one alphabet.
     """
     rng = random.Random(seed)
-    by_class = defaultdict(list)
-    for index, label in enumerate(labels):
-        by_class[label].append(index)
+    by_class = indices_by_class(labels)
     usable = [c for c in sorted(by_class) if len(by_class[c]) >= shot + 1]
     pools = defaultdict(list)
     for c in usable:
@@ -152,7 +138,7 @@ def evaluate_folder(predictor, folder, way=20, shot=1, trials=400, within_alphab
     paths, labels, _, groups = list_classes(folder, own_data)
     return evaluate_embedded(
         paths, labels, groups,
-        lambda images: embed_images(predictor, images, progress=progress),
+        lambda images: predictor.embed(images, progress=progress),
         predictor.score_pairs, way, shot, trials, within_alphabet, seed,
     )
 
@@ -230,17 +216,15 @@ def evaluate_runs_embedded(runs, embed_fn, score_fn, seed=0):
 def evaluate_runs(predictor, runs_dir, seed=0, progress=True):
     """Lake's official one-shot protocol for a `siamese.Siamese` predictor on `runs_dir` (all_runs); see above."""
     return evaluate_runs_embedded(
-        list_runs(runs_dir), lambda images: embed_images(predictor, images, progress=progress),
+        list_runs(runs_dir), lambda images: predictor.embed(images, progress=progress),
         predictor.score_pairs, seed,
     )
 
 
-def sample_pairs(labels, pairs=1000, seed=0):
-    """`pairs` labelled index pairs, half same-class (label 1) and half different-class (label 0)."""
+def sample_verification_pairs(labels, pairs=1000, seed=0):
+    """`pairs` labelled index pairs (a, b, label), half same-class (label 1) and half different-class (label 0)."""
     rng = random.Random(seed)
-    by_class = defaultdict(list)
-    for index, label in enumerate(labels):
-        by_class[label].append(index)
+    by_class = indices_by_class(labels)
     classes = sorted(by_class)
     positive_classes = [c for c in classes if len(by_class[c]) >= 2]
     if len(classes) < 2 or not positive_classes:
@@ -304,57 +288,11 @@ def verification_metrics(scores, labels):
 def evaluate_verification(predictor, folder, pairs=1000, seed=0, own_data=None, progress=True):
     """Verification metrics of a predictor on `pairs` labelled pairs sampled from `folder`; see verification_metrics."""
     paths, labels, _, _ = list_classes(folder, own_data)
-    sampled = sample_pairs(labels, pairs, seed)
+    sampled = sample_verification_pairs(labels, pairs, seed)
     used = sorted({i for a, b, _ in sampled for i in (a, b)})
     position = {index: row for row, index in enumerate(used)}
-    embeddings = embed_images(predictor, [paths[i] for i in used], progress=progress)
+    embeddings = predictor.embed([paths[i] for i in used], progress=progress)
     first = embeddings[[position[a] for a, _, _ in sampled]]
     second = embeddings[[position[b] for _, b, _ in sampled]]
     scores = torch.cat([predictor.score_pairs(x, y) for x, y in zip(first.split(1024), second.split(1024))])
     return verification_metrics(scores.numpy(), [label for _, _, label in sampled])
-
-
-def _timed(fn, repeats, device):
-    """Best wall time of `repeats` calls of fn (synchronising CUDA)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-@torch.inference_mode()
-def benchmark_task(predictor, queries, candidates, batch_size=64, repeats=3):
-    """Time one way-way task (every query against every candidate) three ways, best of `repeats`.
-
-    Images are preprocessed once beforehand in all three. Returns seconds for: `cached` (head only on
-    the way*way pairs, embeddings already cached), `embed_once` (embed the 2*way images once, then the
-    head), `full_network` (every pair through backbone and head, batched), and `pairs`.
-    """
-    net, device = predictor.net, predictor.device
-    images = torch.stack([predictor.preprocess(image) for image in list(queries) + list(candidates)]).to(device)
-    way = len(candidates)
-    query_rows = torch.arange(len(queries)).repeat_interleave(way)
-    candidate_rows = len(queries) + torch.arange(way).repeat(len(queries))
-
-    def embed_all():
-        return torch.cat([net.embed(batch) for batch in images.split(batch_size)])
-
-    embeddings = embed_all()
-
-    def head(emb):
-        return net.score(emb[query_rows], emb[candidate_rows])
-
-    def full():
-        for rows1, rows2 in zip(query_rows.split(batch_size), candidate_rows.split(batch_size)):
-            net(images[rows1], images[rows2])
-
-    return {
-        "pairs": len(query_rows),
-        "cached": _timed(lambda: head(embeddings), repeats, device),
-        "embed_once": _timed(lambda: head(embed_all()), repeats, device),
-        "full_network": _timed(full, repeats, device),
-    }

@@ -1,18 +1,10 @@
-"""Datasets the project makes or fetches, written in the Omniglot layout.
+"""The embedded glyph set: characters of 12 scripts drawn from matplotlib's fonts, 20 warped drawings each,
+written in Omniglot's layout so that everything runs offline.
 
-    python -m utils.datasets glyphs [--out dataset]              # embedded glyph set, offline, seconds
-    python -m utils.datasets omniglot [--out dataset]            # downloads the official Omniglot zips
-    python -m utils.datasets omniglot --from DIR --zips images_background_small1
-
-Both write `<out>/images_background/<alphabet>/<character>/<image>.png` and `<out>/images_evaluation/...`.
+    python -m tools.datasets glyphs [--out dataset]
 """
-import argparse
 import os
-import shutil
-import sys
 import tempfile
-import urllib.request
-import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
-from tqdm import tqdm
 
-from utils.dataloader import DataError
+from utils.errors import DataError
 
 GLYPH_SIZE = 105  # Omniglot's image side
 DRAWERS = 20  # drawings per character, as in Omniglot
@@ -55,16 +46,6 @@ EVALUATION_SCRIPTS = (
 )
 MAX_CHARACTERS = 32  # per alphabet; larger scripts are sampled evenly
 DUPLICATE_IOU = 0.8  # a glyph overlapping an earlier one this much (e.g. Latin A, Cyrillic А) is left out
-
-OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
-# zip name -> (folder it fills, alphabets, characters); every character has 20 drawings
-OMNIGLOT_ZIPS = {
-    "images_background": ("images_background", 30, 964),
-    "images_evaluation": ("images_evaluation", 20, 659),
-    "images_background_small1": ("images_background", 5, 136),
-    "images_background_small2": ("images_background", 5, 156),
-}
-
 
 @lru_cache(maxsize=None)
 def font_charmap(font_file):
@@ -152,7 +133,8 @@ def upsampling_matrix(size, out):
 @lru_cache(maxsize=None)
 def pixel_grid(out):
     """(out, out, 2) pixel coordinates (x, y) measured from the image centre."""
-    ys, xs = torch.meshgrid(torch.arange(out, dtype=torch.float32), torch.arange(out, dtype=torch.float32), indexing="ij")
+    steps = torch.arange(out, dtype=torch.float32)
+    ys, xs = torch.meshgrid(steps, steps, indexing="ij")
     return torch.stack([xs, ys], -1) - (out - 1) / 2
 
 
@@ -165,7 +147,8 @@ def warp_grids(rng, count, source_shape):
     cos, sin, one, zero = np.cos(angle), np.sin(angle), np.ones(count), np.zeros(count)
     rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
     shearing = np.stack([np.stack([one, shear], -1), np.stack([zero, one], -1)], -2)
-    inverse = torch.tensor(np.linalg.inv(scale[:, None, None] * rotation @ shearing), dtype=torch.float32)  # output -> glyph
+    # maps output pixels to glyph pixels
+    inverse = torch.tensor(np.linalg.inv(scale[:, None, None] * rotation @ shearing), dtype=torch.float32)
     coarse = torch.tensor(rng.normal(0, 1.6, (count, 4, 4, 2)), dtype=torch.float32)
     smooth = upsampling_matrix(4, out)
     jitter = torch.einsum("yi,nijc,xj->nyxc", smooth, coarse, smooth)  # bicubic upsampling of a 4x4 field
@@ -176,13 +159,16 @@ def warp_grids(rng, count, source_shape):
 
 
 def draw_character(char, rng, drawers=DRAWERS):
-    """`drawers` 105x105 drawings of `char`, each with its own font, stroke width and warp: (drawers, 105, 105) bool ink."""
+    """`drawers` 105x105 drawings of `char`, each with its own font, stroke width and warp.
+
+    Returns (drawers, 105, 105) bool ink."""
     fonts = fonts_for(char)
     picks, strokes = rng.integers(len(fonts), size=drawers), rng.integers(-1, 4, size=drawers)
     rendered = {i: render_ink(char, fonts[i], EM_SIZE * SOURCE_SCALE) for i in sorted(set(picks))}
     height = max(ink.shape[0] for ink in rendered.values())
     width = max(ink.shape[1] for ink in rendered.values())
-    variants = {(i, s): change_stroke(pad_to(rendered[i], height, width), s) for i, s in sorted(set(zip(picks, strokes.tolist())))}
+    variants = {(i, s): change_stroke(pad_to(rendered[i], height, width), s)
+                for i, s in sorted(set(zip(picks, strokes.tolist())))}
     sources = torch.stack([variants[i, s] for i, s in zip(picks, strokes.tolist())])
     ink = F.grid_sample(sources[:, None], warp_grids(rng, drawers, (height, width)), align_corners=False)
     return (ink[:, 0] > 0.5).numpy()
@@ -203,6 +189,11 @@ def write_alphabets(target, characters, seed, split_index, first_id=1):
                 Image.fromarray(~ink).save(folder / f"{char_id:04d}_{drawer:02d}.png")  # mode "1": black ink on white
             char_id += 1
     return char_id
+
+
+def glyphs_present(dataset_path):
+    """True when `dataset_path` holds both images_background/ and images_evaluation/."""
+    return all(os.path.isdir(os.path.join(dataset_path, split)) for split in ("images_background", "images_evaluation"))
 
 
 def make_glyphs(out="dataset", seed=0, max_characters=MAX_CHARACTERS):
@@ -236,128 +227,3 @@ def make_glyphs(out="dataset", seed=0, max_characters=MAX_CHARACTERS):
         torch.set_num_threads(threads)
     return splits
 
-
-def download(url, path):
-    """Fetch `url` (http(s) or file://) to `path` with a progress bar; a partial file never keeps the final name."""
-    partial = Path(str(path) + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=Path(path).name) as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as e:  # URLError, HTTPError and socket timeouts are all OSErrors
-        partial.unlink(missing_ok=True)
-        raise DataError(f"cannot download {url}: {e}") from None
-    os.replace(partial, path)
-    return Path(path)
-
-
-def verify_omniglot_zip(path, name):
-    """Check that `path` is an intact zip (CRCs) holding `name`/<alphabet>/<character>/<image>.png with the
-    alphabet and character counts the official `name`.zip has; raises DataError naming the file and the problem."""
-    _, alphabets_expected, characters_expected = OMNIGLOT_ZIPS[name]
-    try:
-        with zipfile.ZipFile(path) as archive:
-            broken = archive.testzip()
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path}: not a readable zip ({e})") from None
-    if broken:
-        raise DataError(f"{path}: corrupt member {broken} (CRC mismatch)")
-    files = [n for n in names if not n.endswith("/")]
-    parts = [n.split("/") for n in files]
-    bad = [n for n, p in zip(files, parts) if len(p) != 4 or p[0] != name or ".." in p or not n.endswith(".png")]
-    if bad or not files:
-        raise DataError(f"{path}: expected only {name}/<alphabet>/<character>/<image>.png, found {bad[0] if bad else 'no files'}")
-    alphabets, characters = {p[1] for p in parts}, {(p[1], p[2]) for p in parts}
-    if (len(alphabets), len(characters)) != (alphabets_expected, characters_expected):
-        raise DataError(
-            f"{path}: {len(alphabets)} alphabets and {len(characters)} characters, expected "
-            f"{alphabets_expected} and {characters_expected} for {name}.zip"
-        )
-    return len(alphabets), len(characters), len(files)
-
-
-def unpack_omniglot_zip(path, name, out):
-    """Unzip `name`.zip at `path` into `out`/<images_background|images_evaluation>/<alphabet>/<character>/.
-
-    Character folders already there are replaced. Returns the folder filled."""
-    target = Path(out) / OMNIGLOT_ZIPS[name][0]
-    target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".unzip-") as tmp:
-        with zipfile.ZipFile(path) as archive:
-            archive.extractall(tmp)
-        for alphabet in sorted((Path(tmp) / name).iterdir()):
-            for character in sorted(alphabet.iterdir()):
-                dest = target / alphabet.name / character.name
-                if dest.exists():
-                    shutil.rmtree(dest)
-                dest.parent.mkdir(exist_ok=True)
-                os.replace(character, dest)
-    return target
-
-
-def get_omniglot(out="dataset", zips=("images_background", "images_evaluation"), source=None, url=OMNIGLOT_URL):
-    """Fetch (or take from the folder `source`), verify and unpack the named Omniglot zips into `out`.
-
-    Downloads from `url` + name + ".zip" into `out` first (kept there, so a rerun skips the download).
-    Returns [(folder filled, alphabets, characters, images)].
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    done = []
-    for name in zips:
-        if source is not None:
-            path = Path(source) / f"{name}.zip"
-            if not path.is_file():
-                raise DataError(f"{path}: no such file (--from expects the official {name}.zip there)")
-        else:
-            path = out / f"{name}.zip"
-            if not path.is_file():
-                download(f"{url.rstrip('/')}/{name}.zip", path)
-        try:
-            counts = verify_omniglot_zip(path, name)
-        except DataError:
-            if source is None:  # a damaged download must not be trusted on the next run either
-                path.unlink()
-            raise
-        done.append((unpack_omniglot_zip(path, name, out), *counts))
-    return done
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m utils.datasets", description="Make or fetch a dataset in the Omniglot layout.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    glyphs = commands.add_parser("glyphs", help="write the embedded glyph set (offline, a few seconds)")
-    glyphs.add_argument("--out", default="dataset", help="folder to fill with images_background/ and images_evaluation/")
-    glyphs.add_argument("--seed", type=int, default=0)
-    glyphs.add_argument("--max_characters", type=int, default=MAX_CHARACTERS, help="characters per alphabet at most")
-    omniglot = commands.add_parser("omniglot", help="download (or take local) official Omniglot zips and unpack them")
-    omniglot.add_argument("--out", default="dataset", help="folder to fill with images_background/ and images_evaluation/")
-    omniglot.add_argument("--from", dest="source", default=None, metavar="DIR", help="take the zips from DIR instead of downloading")
-    omniglot.add_argument("--zips", nargs="+", choices=list(OMNIGLOT_ZIPS), default=["images_background", "images_evaluation"],
-                          help="which official zips to use (the _small1/_small2 minimal splits fill images_background)")
-    omniglot.add_argument("--url", default=OMNIGLOT_URL, help="where the zips are downloaded from (any http(s):// or file:// folder)")
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        if args.command == "glyphs":
-            splits = make_glyphs(args.out, args.seed, args.max_characters)
-            for split, characters in splits.items():
-                print(f"{Path(args.out) / split}: {len(characters)} alphabets, "
-                      f"{sum(map(len, characters.values()))} characters x {DRAWERS} drawings "
-                      f"({', '.join(characters)})")
-        else:
-            for folder, alphabets, characters, images in get_omniglot(args.out, args.zips, args.source, args.url):
-                print(f"{folder}: +{alphabets} alphabets, {characters} characters, {images} images")
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,13 +8,11 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+from utils.errors import ImageError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 GREY = 128  # fill value for letterbox padding and AutoAugment, as the original uses
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file and the problem."""
 
 
 def is_image_file(name):
@@ -145,14 +143,3 @@ def preprocess(image, input_shape, letterbox_image=False):
         image = v2.functional.pil_to_tensor(to_rgb(image))
     return to_float(eval_transform(input_shape, letterbox_image)(image))
 
-
-def show_config(**kwargs):
-    """Print a two-column table of settings."""
-    width = max(len(k) for k in kwargs) + 2
-    line = "-" * (width + 50)
-    print(line)
-    print(f"{'key':<{width}}| value")
-    print(line)
-    for key, value in kwargs.items():
-        print(f"{key:<{width}}| {value}")
-    print(line)

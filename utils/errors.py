@@ -1,0 +1,17 @@
+"""The error types the project raises for bad input; each message names the file or setting at fault."""
+
+
+class DataError(ValueError):
+    """A dataset that cannot be trained or evaluated on; the message says what is wrong and where."""
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the problem."""
+
+
+class WeightsError(ValueError):
+    """A weights or checkpoint file that cannot be used; the message names the file."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; training stops before broken weights are saved."""

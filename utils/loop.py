@@ -1,0 +1,63 @@
+"""One pass over a loader: the training step and the validation pass, with tqdm bars."""
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.distributed import all_ranks_finite, all_reduce_sum
+from utils.errors import NonFiniteLoss
+from utils.images import to_float
+
+
+def split_pairs(images, labels, device, channels_last=False):
+    """A collated batch (B, 2 pairs, 2 sides, 3, H, W), uint8 from the loader -> the two sides as float
+    (2B, 3, H, W) in [0, 1] on `device`, and labels (2B,)."""
+    images = to_float(images.to(device, non_blocking=True).flatten(0, 1))  # converted after the copy: 4x fewer bytes
+    labels = labels.to(device, non_blocking=True).flatten()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    first = images[:, 0].contiguous(memory_format=memory_format)
+    second = images[:, 1].contiguous(memory_format=memory_format)
+    return first, second, labels
+
+
+def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None, channels_last=False,
+              desc="", lr=None, show=True, log_interval=10):
+    """Train (when `optimizer` is given) or validate over `loader`.
+
+    The running sums stay on the device; the host reads them, and every rank checks they are finite,
+    only every `log_interval` steps and at the end. Returns {"loss": mean BCE per pair, "acc": fraction
+    of pairs whose rounded sigmoid equals the label}, summed over all ranks. Raises NonFiniteLoss when
+    the loss became NaN or inf.
+    """
+    training = optimizer is not None
+    model.train(training)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True)
+    for step, (images, labels) in enumerate(bar, 1):
+        first, second, labels = split_pairs(images, labels, device, channels_last)
+        with torch.set_grad_enabled(training), \
+                torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(first, second).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        loss_sum += loss.detach() * len(labels)
+        correct += ((logits.detach() > 0) == (labels > 0.5)).sum()
+        count += len(labels)
+        if step % log_interval == 0 or step == len(loader):
+            check_finite(loss_sum, f"{desc}: the loss became {{}} by step {step}; lower Init_lr or check the data")
+            postfix = {"loss": f"{loss_sum.item() / count:.4f}", "acc": f"{correct.item() / count:.3f}"}
+            bar.set_postfix(**postfix, **({"lr": f"{lr:.2e}"} if lr else {}))
+    bar.close()
+    loss_total, correct_total, count = all_reduce_sum([loss_sum.item(), correct.item(), count], device)
+    return {"loss": loss_total / max(count, 1), "acc": correct_total / max(count, 1)}
+
+
+def check_finite(loss_sum, message):
+    """Raise NonFiniteLoss with `message` (formatted with the value) unless `loss_sum` is finite on every rank."""
+    if not all_ranks_finite(loss_sum):
+        raise NonFiniteLoss(message.format(loss_sum.item()))
