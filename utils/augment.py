@@ -11,6 +11,52 @@ from utils.images import GREY, eval_transform
 AUGMENTATIONS = ("autoaugment", "jitter", "none")
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
+# The AutoAugment ImageNet policy (Cubuk et al., 2019), as torchvision 0.29 has it: 25 sub-policies of two
+# (op, probability, magnitude bin) steps, the bin None for ops without a magnitude.
+IMAGENET_POLICY = (
+    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Equalize", 0.4, None), ("Rotate", 0.8, 8)),
+    (("Solarize", 0.6, 3), ("Equalize", 0.6, None)),
+    (("Posterize", 0.8, 5), ("Equalize", 1.0, None)),
+    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+    (("Equalize", 0.6, None), ("Posterize", 0.4, 6)),
+    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+    (("Rotate", 0.4, 9), ("Equalize", 0.6, None)),
+    (("Equalize", 0.0, None), ("Equalize", 0.8, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+    (("Sharpness", 0.4, 7), ("Invert", 0.6, None)),
+    (("ShearX", 0.6, 5), ("Equalize", 1.0, None)),
+    (("Color", 0.4, 0), ("Equalize", 0.6, None)),
+    (("Equalize", 0.4, None), ("Solarize", 0.2, 4)),
+    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, None)),
+    (("Invert", 0.6, None), ("Equalize", 1.0, None)),
+    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+    (("Equalize", 0.8, None), ("Equalize", 0.6, None)),
+)
+NUM_BINS = 10
+# op: (first bin, last bin, negated at random); the bins are evenly spaced, torchvision's torch.linspace(first, last)
+MAGNITUDE_RANGES = {
+    "ShearX": (0.0, 0.3, True),  # shear factor
+    "ShearY": (0.0, 0.3, True),
+    "TranslateX": (0.0, 150.0 / 331.0, True),  # times the width, then truncated to whole pixels
+    "TranslateY": (0.0, 150.0 / 331.0, True),  # times the height
+    "Rotate": (0.0, 30.0, True),  # degrees
+    "Brightness": (0.0, 0.9, True),  # the factor less 1
+    "Color": (0.0, 0.9, True),
+    "Contrast": (0.0, 0.9, True),
+    "Sharpness": (0.0, 0.9, True),
+    "Solarize": (1.0, 0.0, False),  # threshold as a fraction of 255, uint8's maximum
+}
+POSTERIZE_BITS = (8, 8, 7, 7, 6, 6, 5, 5, 4, 4)  # bits kept, 8 - round(arange(10) / 2.25); never negated
+NO_MAGNITUDE = ("AutoContrast", "Equalize", "Invert")
+
 
 class RandomLetterbox(torch.nn.Module):
     """Jitter aspect ratio and scale, then place the image at a random spot on a grey canvas."""
@@ -22,7 +68,8 @@ class RandomLetterbox(torch.nn.Module):
     def forward(self, image):
         height, width = self.size
         _, ih, iw = image.shape
-        aspect = iw / ih * random.uniform(1 - self.jitter, 1 + self.jitter) / random.uniform(1 - self.jitter, 1 + self.jitter)
+        aspect = iw / ih * random.uniform(1 - self.jitter, 1 + self.jitter)
+        aspect /= random.uniform(1 - self.jitter, 1 + self.jitter)
         scale = random.uniform(*self.scale)
         nh = int(scale * height) if aspect < 1 else int(scale * width / aspect)
         nw = int(nh * aspect)
@@ -90,8 +137,10 @@ def sample_crop_boxes(sizes, scale=CROP_SCALE, ratio=CROP_RATIO, attempts=10):
     in_ratio = width / height
     w = torch.where(found, w, torch.where(in_ratio > max(ratio), (height * max(ratio)).round(), width))
     h = torch.where(found, h, torch.where(in_ratio < min(ratio), (width / min(ratio)).round(), height))
-    top = torch.where(found, torch.rand(len(h), dtype=torch.float64).mul_(height - h + 1).floor_(), (height - h).div(2).floor_())
-    left = torch.where(found, torch.rand(len(w), dtype=torch.float64).mul_(width - w + 1).floor_(), (width - w).div(2).floor_())
+    top = torch.rand(len(h), dtype=torch.float64).mul_(height - h + 1).floor_()
+    top = torch.where(found, top, (height - h).div(2).floor_())
+    left = torch.rand(len(w), dtype=torch.float64).mul_(width - w + 1).floor_()
+    left = torch.where(found, left, (width - w).div(2).floor_())
     return top.long(), left.long(), h.long(), w.long()
 
 
@@ -101,7 +150,8 @@ def crop_resize(images, boxes, flips, size):
     Returns uint8 (N, C, h, w), C the largest channel count: a grey image among RGB ones becomes RGB."""
     out_height, out_width = size
     out = torch.empty((len(images), max(image.shape[0] for image in images), out_height, out_width))
-    for i, (image, top, left, height, width, flip) in enumerate(zip(images, *(b.tolist() for b in boxes), flips.tolist())):
+    params = zip(*(b.tolist() for b in boxes), flips.tolist())
+    for i, (image, (top, left, height, width, flip)) in enumerate(zip(images, params)):
         crop = image[None, :, top: top + height, left: left + width].float()
         # antialiasing only changes a shrink; plain bilinear enlarging gives the same pixels, twice as fast
         shrink = height > out_height or width > out_width
@@ -111,23 +161,56 @@ def crop_resize(images, boxes, flips, size):
 
 
 def _affine(images, theta, fill=GREY):
-    """Warp uint8 (k, C, H, W) images by per-image inverse affine matrices (k, 2, 3) in pixel units
-    about the image centre, nearest neighbour, `fill` outside: torchvision's affine and rotate, batched."""
+    """Warp uint8 (k, C, H, W) images by per-image inverse affine matrices `theta` (k, 2, 3), float64, that map
+    an output pixel to the input point it shows, both in pixels from the image centre; nearest neighbour,
+    `fill` outside: torchvision's affine and rotate, batched. Returns uint8 (k, C, H, W)."""
     k, channels, height, width = images.shape
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height)
-    base = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width), torch.ones(height, width)], -1)
-    scaled = theta.transpose(1, 2) / torch.tensor([0.5 * width, 0.5 * height])  # (k, 3, 2), to grid units
-    grid = (base.view(-1, 3) @ scaled.transpose(0, 1).reshape(3, 2 * k)).view(height, width, k, 2).permute(2, 0, 1, 3)
-    # nearest sampling with zero padding: shifting by `fill` makes the outside come back as `fill`
-    warped = F.grid_sample(images.float() - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return warped.add_(fill).to(torch.uint8)
+    xs = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
+    ys = torch.arange(height, dtype=torch.float64) - (height - 1) / 2
+    centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], dtype=torch.float64).view(1, 2, 1)
+    # elementwise float64, not a matmul: GEMM rounding varies by CPU and decides points half-way between pixels
+    along_x = theta[:, :, 0, None] * xs
+    along_y = theta[:, :, 1, None] * ys + (theta[:, :, 2, None] + centre)
+    source = (along_y[..., :, None] + along_x[..., None, :]).round_().long()  # (k, 2, H, W), halves to even
+    sx, sy = source.unbind(1)
+    inside = (sx >= 0) & (sx < width) & (sy >= 0) & (sy < height)
+    index = (sy.clamp_(0, height - 1) * width + sx.clamp_(0, width - 1)).view(k, 1, -1).expand(-1, channels, -1)
+    warped = images.reshape(k, channels, -1).gather(2, index).view(k, channels, height, width)
+    return torch.where(inside[:, None], warped, torch.tensor(fill, dtype=torch.uint8))
 
 
 def _matrices(k, row0=(1.0, 0.0, 0.0), row1=(0.0, 1.0, 0.0)):
-    """(k, 2, 3) inverse affine matrices from two rows whose entries are numbers or (k,) tensors."""
-    rows = [torch.stack([torch.as_tensor(v, dtype=torch.float32).expand(k) for v in row], 1) for row in (row0, row1)]
+    """(k, 2, 3) float64 inverse affine matrices from two rows whose entries are numbers or (k,) tensors."""
+    rows = [torch.stack([torch.as_tensor(v, dtype=torch.float64).expand(k) for v in row], 1) for row in (row0, row1)]
     return torch.stack(rows, 1)
+
+
+def _shear_x(images, m):
+    """Shear by per-image factors `m` about the top-left corner: output point (x, y) shows input point (x + m y, y)."""
+    m = m.double()
+    return _affine(images, _matrices(len(images), row0=(1.0, m, m * images.shape[-2] / 2)))
+
+
+def _shear_y(images, m):
+    """Shear by per-image factors `m` about the top-left corner: output point (x, y) shows input point (x, y + m x)."""
+    m = m.double()
+    return _affine(images, _matrices(len(images), row1=(m, 1.0, m * images.shape[-1] / 2)))
+
+
+def _translate(images, pixels, axis):
+    """Shift along `axis` (0: x, 1: y) by per-image `pixels`, truncated to whole pixels as torchvision's AutoAugment."""
+    rows = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0)]
+    rows[axis] = rows[axis][:2] + (-pixels.double().trunc(),)
+    return _affine(images, _matrices(len(images), *rows))
+
+
+def _rotate(images, degrees):
+    """Anticlockwise rotation about the centre by per-image `degrees`, as torchvision's rotate."""
+    radians = [math.radians(d) for d in degrees.tolist()]
+    # Python's sin and cos, not torch's: vectorised float64 kernels round differently on different CPUs
+    cos = torch.tensor([math.cos(r) for r in radians], dtype=torch.float64)
+    sin = torch.tensor([math.sin(r) for r in radians], dtype=torch.float64)
+    return _affine(images, _matrices(len(images), (cos, -sin, 0.0), (sin, cos, 0.0)))
 
 
 def _blend(images, other, factor):
@@ -142,13 +225,6 @@ def _grey_level(images):
         return images.float()
     weights = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)
     return (images.float() * weights).sum(1, keepdim=True).floor_()
-
-
-def _rotate(images, degrees):
-    """Anticlockwise rotation about the centre by per-image `degrees`, as torchvision's rotate."""
-    radians = torch.deg2rad(degrees)
-    cos, sin = radians.cos(), radians.sin()
-    return _affine(images, _matrices(len(images), (cos, -sin, 0.0), (sin, cos, 0.0)))
 
 
 def _sharpness(images, factor):
@@ -172,30 +248,47 @@ def _posterize(images, bits):
     return images & masks.to(torch.uint8).view(-1, 1, 1, 1)
 
 
+def _solarize(images, fraction):
+    """Invert the values at or above per-image `fraction` of 255, as torchvision's solarize for uint8."""
+    # float32, as torchvision compares uint8 with its Python-float threshold: 255 * bin 2/3 is then 170, not 170.000005
+    return torch.where(images >= 255.0 * fraction.float().view(-1, 1, 1, 1), 255 - images, images)
+
+
 # Each op takes uint8 (k, C, H, W) images and their k magnitudes (a float tensor), as torchvision's
 # AutoAugment defines the op and its magnitude.
 BATCH_OPS = {
     "Identity": lambda x, m: x,
-    # shears are about the top-left corner, translations in whole pixels, as torchvision's AutoAugment has them
-    "ShearX": lambda x, m: _affine(x, _matrices(len(x), row0=(1.0, m, m * x.shape[-2] / 2))),
-    "ShearY": lambda x, m: _affine(x, _matrices(len(x), row1=(m, 1.0, m * x.shape[-1] / 2))),
-    "TranslateX": lambda x, m: _affine(x, _matrices(len(x), row0=(1.0, 0.0, -m.trunc()))),
-    "TranslateY": lambda x, m: _affine(x, _matrices(len(x), row1=(0.0, 1.0, -m.trunc()))),
+    "ShearX": _shear_x,
+    "ShearY": _shear_y,
+    "TranslateX": lambda x, m: _translate(x, m, 0),
+    "TranslateY": lambda x, m: _translate(x, m, 1),
     "Rotate": _rotate,
     "Brightness": lambda x, m: _blend(x.float(), 0.0, 1.0 + m),
     "Color": lambda x, m: x if x.shape[1] == 1 else _blend(x.float(), _grey_level(x), 1.0 + m),
     "Contrast": lambda x, m: _blend(x.float(), _grey_level(x).mean((1, 2, 3), keepdim=True), 1.0 + m),
     "Sharpness": lambda x, m: _sharpness(x, 1.0 + m),
     "Posterize": _posterize,
-    "Solarize": lambda x, m: torch.where(x >= 255.0 * m.view(-1, 1, 1, 1), 255 - x, x),
+    "Solarize": _solarize,
     "AutoContrast": lambda x, m: v2.functional.autocontrast(x),
     "Equalize": lambda x, m: v2.functional.equalize(x),
     "Invert": lambda x, m: v2.functional.invert(x),
 }
 
 
+def magnitude_bins(op, height, width):
+    """`op`'s NUM_BINS magnitudes for a height x width image, as floats (None for an op without one), and
+    whether AutoAugment negates them at random."""
+    if op in NO_MAGNITUDE:
+        return None, False
+    if op == "Posterize":
+        return tuple(float(bits) for bits in POSTERIZE_BITS), False
+    first, last, signed = MAGNITUDE_RANGES[op]
+    last *= {"TranslateX": width, "TranslateY": height}.get(op, 1)
+    return tuple(first + (last - first) * i / (NUM_BINS - 1) for i in range(NUM_BINS)), signed
+
+
 class BatchAutoAugment:
-    """The `autoaugment` pipeline of `train_transform` applied to many images at once: same distribution, much faster.
+    """The `autoaugment` pipeline of `train_transform` applied to many images at once, with the same distribution.
 
     Every image draws its own crop, flip and AutoAugment sub-policy and sign as torchvision does;
     the crops share one parameter draw, and each op runs once per sub-policy slot on all the images
@@ -205,14 +298,7 @@ class BatchAutoAugment:
 
     def __init__(self, input_shape):
         self.size = list(input_shape)
-        self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, fill=GREY)
         self.tables = {}
-
-    @staticmethod
-    def supported():
-        """True when this torchvision has the AutoAugment tables used here (checked on 0.29); else go per image."""
-        return hasattr(v2.AutoAugment, "_AUGMENTATION_SPACE") and hasattr(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET), "_policies") \
-            and set(v2.AutoAugment._AUGMENTATION_SPACE) <= set(BATCH_OPS)
 
     def resized_crop(self, images):
         """Random resized crop and flip of each image -> uint8 (N, C, h, w)."""
@@ -220,18 +306,17 @@ class BatchAutoAugment:
         return crop_resize(images, boxes, torch.rand(len(images)) < 0.5, self.size)
 
     def policy_table(self, height, width):
-        """The sub-policies as (P, 2) tensors, one row per sub-policy and one column per slot: op index
-        into `BATCH_OPS`, probability, magnitude, and whether the op's sign is random. Cached per image size."""
+        """`IMAGENET_POLICY` as (P, 2) tensors, one row per sub-policy and one column per slot: op index into
+        `BATCH_OPS`, probability, magnitude, and whether the op's sign is random. Cached per image size."""
         if (height, width) not in self.tables:
-            aa, names = self.autoaugment, list(BATCH_OPS)
+            names = list(BATCH_OPS)
             rows = []
-            for policy in aa._policies:
-                for op, probability, magnitude_idx in policy:
-                    bins_fn, signed = aa._AUGMENTATION_SPACE[op]
-                    bins = bins_fn(10, height, width)
-                    rows.append((names.index(op), probability, 0.0 if bins is None else float(bins[magnitude_idx]), signed))
+            for policy in IMAGENET_POLICY:
+                for op, probability, index in policy:
+                    bins, signed = magnitude_bins(op, height, width)
+                    rows.append((names.index(op), probability, 0.0 if bins is None else bins[index], signed))
             columns = list(zip(*rows))
-            self.tables[height, width] = tuple(torch.tensor(c).view(len(aa._policies), 2) for c in columns)
+            self.tables[height, width] = tuple(torch.tensor(c).view(len(IMAGENET_POLICY), 2) for c in columns)
         return self.tables[height, width]
 
     def auto_augment(self, images):
@@ -252,4 +337,3 @@ class BatchAutoAugment:
 
     def __call__(self, images):
         return self.auto_augment(self.resized_crop(images)).expand(-1, 3, -1, -1)
-

@@ -117,7 +117,7 @@ class SiameseDataset(Dataset):
 
     def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset"):
         self.paths, self.input_shape = list(paths), list(input_shape)
-        if train and augmentation == "autoaugment" and BatchAutoAugment.supported():
+        if train and augmentation == "autoaugment":
             self.transform = BatchAutoAugment(input_shape)
         else:
             per_image = train_transform(input_shape, augmentation) if train else eval_transform(input_shape)
