@@ -2,8 +2,8 @@
 import torch
 from tqdm import tqdm
 
-from nets.siamese import SiameseNetwork, check_input_shape
-from utils.checkpoint import load_exact
+from nets.siamese import SiameseNetwork, backbone_of, check_input_shape
+from utils.checkpoint import load_exact, load_weights
 from utils.config import parse_bool, show_config
 from utils.images import preprocess
 
@@ -30,7 +30,9 @@ class Siamese:
         self.input_shape = list(self.input_shape)
         check_input_shape(self.input_shape)
         self.device = torch.device("cuda" if self.cuda and torch.cuda.is_available() else "cpu")
-        self.net = load_exact(SiameseNetwork(self.input_shape), self.model_path).to(self.device).eval()
+        state = load_weights(self.model_path)
+        net = SiameseNetwork(self.input_shape, backbone_of(state))  # the weights say which backbone they need
+        self.net = load_exact(net, state, self.model_path).to(self.device).eval()
         if verbose:
             show_config(**{k: getattr(self, k) for k in self._defaults})
 

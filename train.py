@@ -17,14 +17,15 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from nets.siamese import SiameseNetwork, check_input_shape
+from nets.siamese import BACKBONES, SiameseNetwork, check_input_shape
 from utils import distributed as ddp
+from utils.distributed import native_bf16
 from utils.augment import AUGMENTATIONS
 from utils.callbacks import LossHistory
-from utils.checkpoint import (atomic_save, load_checkpoint, load_imagenet_weights, load_matching, save_checkpoint,
-                              set_rng_state, unwrap)
+from utils.checkpoint import (IMAGENET_WEIGHTS_URLS, atomic_save, load_checkpoint, load_imagenet_weights,
+                              load_matching, load_weights, save_checkpoint, set_rng_state, unwrap)
 from utils.config import config_comments, parse_config, show_config
-from utils.dataloader import SPLITS, SiameseDataset, list_images, split_indices
+from utils.dataloader import NEGATIVES, SPLITS, SiameseDataset, class_groups, list_images, split_indices
 from utils.errors import DataError, ImageError, NonFiniteLoss, WeightsError
 from utils.loop import run_epoch
 from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
@@ -32,18 +33,20 @@ from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_o
 # config: edit here, or pass --name value on the command line
 Cuda = True  # use a GPU when there is one; falls back to the CPU
 distributed = False  # DDP; torchrun sets it up by itself, this only insists on a launcher
-sync_bn = False  # convert batch norms to SyncBatchNorm under DDP (VGG16 has none; kept for other backbones)
+sync_bn = False  # convert batch norms to SyncBatchNorm under DDP (backbone vgg16_bn has them)
 fp16 = False  # CUDA mixed precision: float16 autocast with a grad scaler
-bf16 = False  # bfloat16 autocast, on CPU or CUDA (no scaler needed)
-channels_last = False  # NHWC memory format: faster convolutions with bf16/fp16
+bf16 = "auto"  # bfloat16 autocast (no scaler needed); "auto": where the GPU or CPU does bf16 natively
+channels_last = "auto"  # NHWC memory format, faster with bf16/fp16; "auto": when bf16 or fp16 is on
 compile = False  # torch.compile the model
 dataset_path = "dataset"  # folder holding images_background/
 input_shape = [105, 105]  # [height, width]; multiples of 32 waste nothing
 train_own_data = False  # False: images_background/<alphabet>/<character>/; True: images_background/<class>/
 split_by = "image"  # "image": the original 90/10 split of images; "class": validation classes unseen in training
 train_ratio = 0.9  # share of images (or classes) used for training; the rest validates
-augmentation = "autoaugment"  # "autoaugment" (the original), "jitter" (scale/aspect, rotation, HSV) or "none"
-pretrained = True  # ImageNet VGG16 weights from model_data/vgg16-397923af.pth (downloaded there if missing)
+augmentation = "autoaugment"  # "autoaugment" (the original), "affine" (for drawings), "jitter" or "none"
+negatives = "any"  # negative pairs: "any" other class (the original) or "same_group" (same alphabet: harder)
+backbone = "vgg16"  # "vgg16" (the original's weights) or "vgg16_bn" (batch norm: learns from scratch sooner)
+pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded
 resume = ""  # a last.ckpt to continue exactly where it stopped; its config is the default, the command line overrides
 stop_after = 0  # stop this run after this many epochs (0: run to Epoch); the schedule still spans Epoch
@@ -65,7 +68,8 @@ log_interval = 10  # read the loss on the host (progress bar, NaN check) every t
 CONFIG = {k: v for k, v in dict(globals()).items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
-CHOICES = {"optimizer_type": OPTIMIZERS, "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS}
+CHOICES = {"optimizer_type": OPTIMIZERS, "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS,
+           "negatives": NEGATIVES, "backbone": BACKBONES}
 PER_RUN = ("resume", "stop_after", "model_path")  # settings a resumed run does not take from its checkpoint
 
 
@@ -147,10 +151,12 @@ def load_datasets(c, say, is_main):
     if few:
         say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
     train_idx, val_idx = split_indices(labels, c.split_by, c.train_ratio, seed=0)
+    groups = class_groups(class_names)
     train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c.input_shape,
-                               train=True, augmentation=c.augmentation, name="training")
+                               train=True, augmentation=c.augmentation, name="training", groups=groups,
+                               negatives=c.negatives)
     val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c.input_shape,
-                             train=False, name="validation")
+                             train=False, name="validation", groups=groups, negatives=c.negatives)
     if len(train_set) < c.batch_size or len(val_set) < c.batch_size:
         raise DataError(
             f"dataset too small: {len(train_set)} training and {len(val_set)} validation images for batch_size "
@@ -159,17 +165,25 @@ def load_datasets(c, say, is_main):
     return train_set, val_set
 
 
-def build_model(c, device, say):
+def choose_precision(c, device, use_cuda):
+    """(autocast dtype or None, channels_last) for config `c` on `device`, deciding the "auto" settings."""
+    bf16 = native_bf16(device) if c.bf16 == "auto" else c.bf16
+    amp_dtype = torch.float16 if (c.fp16 and use_cuda) else torch.bfloat16 if bf16 else None
+    channels_last = amp_dtype is not None if c.channels_last == "auto" else c.channels_last
+    return amp_dtype, channels_last
+
+
+def build_model(c, device, channels_last, say):
     """The Siamese network of config `c` on `device`, from ImageNet or `model_path` weights as asked."""
-    model = SiameseNetwork(c.input_shape)
+    model = SiameseNetwork(c.input_shape, c.backbone)
     if c.pretrained and not c.model_path and not c.resume:
-        model.vgg.load_imagenet(load_imagenet_weights())
+        model.vgg.load_imagenet(load_imagenet_weights(url=IMAGENET_WEIGHTS_URLS[c.backbone]))
     if c.model_path and not c.resume:
-        loaded, failed = load_matching(model, c.model_path)
+        loaded, failed = load_matching(model, load_weights(c.model_path))
         say(f"Loaded {len(loaded)} keys from {c.model_path}; "
             f"not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
     model.to(device)
-    if c.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -206,8 +220,11 @@ def main(c, checkpoint=None):
         raise SystemExit(f"batch_size {c.batch_size} must divide evenly over {world_size} processes")
 
     train_set, val_set = load_datasets(c, say, is_main)
+    amp_dtype, channels_last = choose_precision(c, device, use_cuda)
     if is_main:
-        show_config(**vars(c), num_train=len(train_set), num_val=len(val_set), device=f"{device} x {world_size}")
+        chosen = {"bf16": amp_dtype == torch.bfloat16, "channels_last": channels_last}
+        shown = {k: f"{chosen[k]} ({v})" if v == "auto" else v for k, v in vars(c).items()}
+        show_config(**shown, num_train=len(train_set), num_val=len(val_set), device=f"{device} x {world_size}")
     epoch_step = len(train_set) // c.batch_size
 
     lr, min_lr = scaled_lr(c.batch_size, c.Init_lr, c.Min_lr, c.optimizer_type)
@@ -217,9 +234,8 @@ def main(c, checkpoint=None):
         say(f"Warning: {total_steps} training steps is below the {wanted} recommended for {c.optimizer_type}; "
             f"about {wanted // epoch_step + 1} epochs would reach it.")
 
-    model = build_model(c, device, say)
+    model = build_model(c, device, channels_last, say)
     optimizer = make_optimizer(model.parameters(), c.optimizer_type, lr, c.momentum, c.weight_decay)
-    amp_dtype = torch.float16 if (c.fp16 and use_cuda) else torch.bfloat16 if c.bf16 else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     start_epoch, best_val_loss = c.Init_Epoch, float("inf")
@@ -257,10 +273,11 @@ def main(c, checkpoint=None):
                 if isinstance(loader.sampler, DistributedSampler):
                     loader.sampler.set_epoch(epoch)
             tag = f"Epoch {epoch + 1}/{c.Epoch}"
-            options = dict(amp_dtype=amp_dtype, channels_last=c.channels_last, show=is_main,
+            options = dict(amp_dtype=amp_dtype, channels_last=channels_last, show=is_main,
                            log_interval=c.log_interval)
+            check_at = epoch_step // 2 if epoch == 0 else None  # "not learning" warning halfway through epoch 1
             train = run_epoch(train_model, train_loader, device, optimizer, scaler, desc=f"{tag} train", lr=epoch_lr,
-                              **options)
+                              check_learning_at=check_at, **options)
             val = run_epoch(train_model, val_loader, device, desc=f"{tag} val", **options)
             if not is_main:
                 continue

@@ -5,12 +5,18 @@ from torch import nn
 from nets.vgg import VGG16Backbone
 
 MIN_SIDE = 32  # VGG16 halves the input five times
+BACKBONES = ("vgg16", "vgg16_bn")
 
 
 def check_input_shape(input_shape):
     """Raise ValueError unless `input_shape` is [height, width] with both sides at least 32 pixels."""
     if len(input_shape) != 2 or min(input_shape) < MIN_SIDE:
         raise ValueError(f"input_shape {list(input_shape)}: each side must be at least {MIN_SIDE} for VGG16")
+
+
+def backbone_of(state):
+    """"vgg16_bn" when a state dict holds batch-norm statistics, else "vgg16" (the original's)."""
+    return "vgg16_bn" if any(key.endswith("running_mean") for key in state) else "vgg16"
 
 
 def flat_features(input_shape):
@@ -23,13 +29,17 @@ class SiameseNetwork(nn.Module):
     """Scores a pair of image batches; one logit per pair (sigmoid gives the similarity).
 
     State-dict keys: `vgg.features.<i>.*`, `fully_connect1.*`, `fully_connect2.*`, the same as
-    the original repository, so its weights load here unchanged and ours load there.
+    the original repository, so its weights load here unchanged and ours load there. `backbone`
+    "vgg16_bn" adds batch norms (other feature indices, so those weights are ours alone).
     """
 
-    def __init__(self, input_shape=(105, 105)):
+    def __init__(self, input_shape=(105, 105), backbone="vgg16"):
         super().__init__()
         check_input_shape(input_shape)
-        self.vgg = VGG16Backbone()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        self.backbone = backbone
+        self.vgg = VGG16Backbone(batch_norm=backbone == "vgg16_bn")
         self.fully_connect1 = nn.Linear(flat_features(input_shape), 512)
         self.fully_connect2 = nn.Linear(512, 1)
 

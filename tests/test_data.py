@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.dataloader import SiameseDataset, list_images, split_by_class, split_by_image, split_indices
+from utils.augment import train_transform
+from utils.dataloader import (SiameseDataset, class_groups, list_images, split_by_class, split_by_image,
+                              split_indices)
 from utils.errors import DataError
 from utils.images import preprocess
 from utils.loop import split_pairs
@@ -120,3 +122,42 @@ def test_any_image_mode_becomes_three_channel_rgb(tmp_path):
         tensor = preprocess(path, (32, 32))
         assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32, mode
         assert 0.0 <= tensor.min() and tensor.max() <= 1.0
+
+
+def test_same_group_negatives_stay_in_the_positive_alphabet(omniglot_subset):
+    paths, labels, class_names, _ = list_images(omniglot_subset)
+    groups = class_groups(class_names)
+    alphabet = {path: groups[label] for path, label in zip(paths, labels)}
+    character = {path: class_names[label] for path, label in zip(paths, labels)}
+    random.seed(0)
+    for negatives, same_share in (("same_group", 1.0), ("any", None)):
+        dataset = SiameseDataset(paths, labels, [32, 32], train=False, groups=groups, negatives=negatives)
+        pairs = [dataset.sample_pair() for _ in range(400)]
+        assert all(character[a] == character[b] == character[c] != character[d] for (a, b), (c, d) in pairs)
+        same = sum(alphabet[c] == alphabet[d] for _, (c, d) in pairs) / len(pairs)
+        if same_share:
+            assert same == same_share
+        else:  # 5 of the 11 other characters share the alphabet
+            assert 0.35 < same < 0.56
+
+
+def test_a_class_alone_in_its_group_draws_negatives_elsewhere(omniglot_subset):
+    paths, labels, class_names, _ = list_images(omniglot_subset)
+    groups = ["only" if label == 0 else "rest" for label in range(len(class_names))]
+    dataset = SiameseDataset(paths, labels, [32, 32], train=False, groups=groups, negatives="same_group")
+    assert 0 not in dataset.group_mates and dataset.group_mates[1] == list(range(2, 12))
+
+
+def test_affine_augmentation_distorts_drawings_and_fills_white(omniglot_subset):
+    transform = train_transform([48, 48], "affine")
+    white = torch.full((3, 105, 105), 255, dtype=torch.uint8)
+    assert torch.equal(transform(white), torch.full((3, 48, 48), 255, dtype=torch.uint8))  # no grey or black corners
+    drawing = preprocess(next((omniglot_subset / "images_background").rglob("*.png")), [48, 48])
+    drawing = (drawing * 255).round().to(torch.uint8)
+    torch.manual_seed(0)
+    outputs = [transform(drawing) for _ in range(4)]
+    assert all(out.shape == (3, 48, 48) and out.dtype == torch.uint8 for out in outputs)
+    assert len({tuple(out.flatten().tolist()) for out in outputs}) == 4  # each draw distorts differently
+    ink = [(out < 128).float().mean().item() for out in outputs]
+    reference = (drawing < 128).float().mean().item()
+    assert all(0.5 * reference < share < 2.0 * reference for share in ink)  # a distortion, not a different image

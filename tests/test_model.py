@@ -4,7 +4,7 @@ import torch
 from helpers import direct_probability, original_format_state_dict
 from torchvision.models import vgg16
 
-from nets.siamese import SiameseNetwork, flat_features
+from nets.siamese import SiameseNetwork, backbone_of, flat_features
 from utils.checkpoint import load_imagenet_weights
 from utils.errors import WeightsError
 
@@ -65,3 +65,17 @@ def test_missing_imagenet_weights_say_where_to_put_them(tmp_path):
     url = (tmp_path / "nowhere" / "vgg16-397923af.pth").as_uri()
     with pytest.raises(WeightsError, match=r"put vgg16-397923af.pth at .*model_data.* or set pretrained = False"):
         load_imagenet_weights(str(tmp_path / "model_data"), url=url)
+
+
+def test_vgg16_bn_backbone_loads_torchvisions_bn_weights_and_is_recognised(tmp_path):
+    from torchvision.models import vgg16_bn
+
+    imagenet = vgg16_bn(weights=None).state_dict()
+    model = SiameseNetwork((32, 32), "vgg16_bn")
+    model.vgg.load_imagenet(imagenet)
+    for key, value in model.vgg.features.state_dict().items():
+        assert torch.equal(value, imagenet[f"features.{key}"])
+    assert backbone_of(model.state_dict()) == "vgg16_bn"
+    assert backbone_of(SiameseNetwork((32, 32)).state_dict()) == "vgg16"
+    with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
+        SiameseNetwork((32, 32), "resnet")

@@ -93,3 +93,21 @@ def test_predict_with_a_bad_weights_file_is_one_line(two_glyphs, tmp_path):
     assert result.returncode != 0
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {bad}: not a readable torch weights file")
+
+
+def test_batch_norm_weights_are_recognised_by_the_predictor(two_glyphs, tmp_path):
+    from nets.siamese import SiameseNetwork
+
+    torch.manual_seed(0)
+    net = SiameseNetwork(SHAPE, "vgg16_bn")
+    for module in net.modules():  # statistics a trained network would have, not the identity defaults
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+    torch.save(net.state_dict(), tmp_path / "bn.pth")
+    model = Siamese(model_path=str(tmp_path / "bn.pth"), input_shape=SHAPE, cuda=False, verbose=False)
+    assert model.net.backbone == "vgg16_bn"
+    batch = [preprocess(path, SHAPE).unsqueeze(0) for path in two_glyphs]
+    with torch.no_grad():
+        expected = torch.sigmoid(net.eval()(*batch)).item()
+    assert model.similarity(*two_glyphs) == pytest.approx(expected, abs=1e-5)

@@ -95,3 +95,41 @@ def test_training_learns_on_real_omniglot(small1, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     val_acc = float(result.stdout.split("val_acc")[-1].split()[0])
     assert val_acc >= 0.62, result.stdout[-1500:]
+
+
+def test_a_run_that_cannot_learn_is_told_so(small1, tmp_path):
+    data = make_subset(small1, tmp_path / "data", alphabets=1, characters=4, drawers=8)
+    result = run_train("--dataset_path", data, "--save_dir", tmp_path / "logs", "--input_shape", 32, 32,
+                       "--pretrained", "False", "--Init_lr", "1e-6", "--batch_size", 4, "--Epoch", 1,
+                       "--train_ratio", 0.5, "--log_interval", 1, "--num_workers", 0)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (warning,) = [line for line in result.stdout.splitlines() if "not learning" in line]
+    assert "step 2: loss 0.69" in warning and "--backbone vgg16_bn" in warning
+
+
+def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset, tmp_path):
+    from utils.distributed import native_bf16
+
+    save_dir = tmp_path / "logs"
+    result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
+                       "--backbone", "vgg16_bn", "--negatives", "same_group", "--augmentation", "affine",
+                       "--optimizer_type", "adam")
+    assert result.returncode == 0, result.stderr[-2000:]
+    native = native_bf16()
+    assert f"| {native} (auto)" in next(line for line in result.stdout.splitlines() if line.startswith("bf16 "))
+    channels = next(line for line in result.stdout.splitlines() if line.startswith("channels_last "))
+    assert f"| {native} (auto)" in channels
+    assert "not learning" not in result.stdout
+    weights = torch.load(save_dir / "best_epoch_weights.pth", weights_only=True)
+    assert "vgg.features.1.running_mean" in weights  # batch norm after the first conv
+
+
+def test_auto_settings_parse_and_explicit_values_win():
+    config, _ = train.parse_train_config([])
+    assert config.bf16 == "auto" and config.channels_last == "auto"
+    config, _ = train.parse_train_config(["--bf16", "False", "--channels_last", "True"])
+    assert config.bf16 is False and config.channels_last is True
+    cpu = torch.device("cpu")
+    assert train.choose_precision(config, cpu, use_cuda=False) == (None, True)
+    config.bf16, config.channels_last = True, "auto"
+    assert train.choose_precision(config, cpu, use_cuda=False) == (torch.bfloat16, True)

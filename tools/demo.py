@@ -9,7 +9,6 @@ from pathlib import Path
 
 from siamese import Siamese
 from tools.glyphs import MAX_CHARACTERS, glyphs_present, make_glyphs
-from utils.distributed import native_bf16
 from utils.oneshot import evaluate_folder
 
 
@@ -21,7 +20,7 @@ DEMO_ARGS = [
     "--input_shape", "32", "32", "--pretrained", "False",
     "--optimizer_type", "adam", "--Init_lr", "1e-3", "--weight_decay", "0",
     "--batch_size", "32", "--Epoch", "4", "--augmentation", "none", "--split_by", "class",
-    "--num_workers", "0", "--save_period", "100", "--channels_last", "True", "--bf16", str(native_bf16()),
+    "--num_workers", "0", "--save_period", "100",
 ]
 FIGURE_PATH = "logs/demo_predictions.png"
 

@@ -8,7 +8,8 @@ from torchvision.transforms import v2
 
 from utils.images import GREY, eval_transform
 
-AUGMENTATIONS = ("autoaugment", "jitter", "none")
+AUGMENTATIONS = ("autoaugment", "affine", "jitter", "none")
+WHITE = 255  # the "affine" fill: drawings such as Omniglot's are ink on white paper
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 # The AutoAugment ImageNet policy (Cubuk et al., 2019), as torchvision 0.29 has it: 25 sub-policies of two
@@ -83,12 +84,18 @@ def train_transform(input_shape, augmentation="autoaugment"):
     """Training augmentation of one image: uint8 (3, H, W) -> uint8 (3, h, w).
 
     `autoaugment` (the original default): random resized crop, flip, one AutoAugment ImageNet
-    sub-policy. `jitter`: scale/aspect jitter with grey padding, flip, rotation, HSV jitter.
-    `none`: the validation preprocessing (fastest to learn from; for aligned data and short runs).
+    sub-policy. `affine`: the validation resize, then small random distortions of a drawing (rotation
+    10 degrees, translation 8%, scale 0.85-1.15, shear 15 degrees, white fill), as Koch et al. used for Omniglot.
+    `jitter`: scale/aspect jitter with grey padding, flip, rotation, HSV jitter.
+    `none`: the validation preprocessing.
     """
     size = list(input_shape)
     if augmentation == "none":
         return eval_transform(size)
+    if augmentation == "affine":
+        # nearest: torchvision's bilinear fill darkens the border seam (it weights the fill twice)
+        distort = v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.85, 1.15), shear=15, fill=WHITE)
+        return v2.Compose([eval_transform(size), distort])
     if augmentation == "autoaugment":
         steps = [
             v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),

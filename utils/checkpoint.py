@@ -6,11 +6,14 @@ import tempfile
 
 import numpy as np
 import torch
-from torchvision.models import VGG16_Weights
+from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
 from utils.errors import WeightsError
 
-IMAGENET_WEIGHTS_URL = VGG16_Weights.IMAGENET1K_V1.url  # .../vgg16-397923af.pth
+IMAGENET_WEIGHTS_URLS = {  # torchvision's files: vgg16-397923af.pth, vgg16_bn-6c64b313.pth
+    "vgg16": VGG16_Weights.IMAGENET1K_V1.url,
+    "vgg16_bn": VGG16_BN_Weights.IMAGENET1K_V1.url,
+}
 
 
 def atomic_save(obj, path):
@@ -51,8 +54,8 @@ def safe_load(path):
         raise WeightsError(f"{path}: not a readable torch weights file ({type(e).__name__}: {e})") from None
 
 
-def load_imagenet_weights(model_dir="model_data", url=IMAGENET_WEIGHTS_URL):
-    """torchvision's ImageNet VGG16 state dict.
+def load_imagenet_weights(model_dir="model_data", url=IMAGENET_WEIGHTS_URLS["vgg16"]):
+    """torchvision's ImageNet VGG16 state dict from `url` (see IMAGENET_WEIGHTS_URLS).
 
     Looks for the file in `model_dir` first, downloads it there through torch's hub machinery
     second, and raises a WeightsError saying where to put it third.
@@ -74,12 +77,16 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def load_matching(model, path):
-    """Load the keys of `path` whose name and shape match `model`; returns (loaded, not_loaded) key lists."""
+def load_weights(path):
+    """The model state dict in a weights file or a training checkpoint; raises WeightsError naming the file."""
     state = safe_load(path)
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    state = state.get("model", state)  # a training checkpoint holds the weights under "model"
+    return state.get("model", state)  # a training checkpoint holds the weights under "model"
+
+
+def load_matching(model, state):
+    """Load the keys of `state` whose name and shape match `model`; returns (loaded, not_loaded) key lists."""
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and hasattr(v, "shape") and v.shape == own[k].shape}
     own.update(matched)
@@ -87,12 +94,8 @@ def load_matching(model, path):
     return sorted(matched), sorted(k for k in state if k not in matched)
 
 
-def load_exact(model, path):
-    """Load every key of `path` into `model`; raises WeightsError naming the file on any mismatch."""
-    state = safe_load(path)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    state = state.get("model", state)
+def load_exact(model, state, path):
+    """Load every key of `state` (read from `path`) into `model`; raises WeightsError naming the file on any mismatch."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

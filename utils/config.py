@@ -14,6 +14,11 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+def parse_auto(text):
+    """'auto' stays 'auto' (decided by the hardware at run time); otherwise as `parse_bool`."""
+    return "auto" if str(text).lower() == "auto" else parse_bool(text)
+
+
 def config_comments(source_path):
     """{name: comment} for lines `name = value  # comment` of a script's config block."""
     pattern = re.compile(r"^(\w+) = .*?  # (.+)$")
@@ -38,6 +43,8 @@ def build_parser(defaults, description="", choices=None, extra=None, helps=None)
                   "metavar": name.upper() if name not in choices else None}
         if isinstance(default, bool):
             kwargs.update(type=parse_bool, metavar="True|False")
+        elif default == "auto":
+            kwargs.update(type=parse_auto, metavar="auto|True|False")
         elif isinstance(default, (list, tuple)):
             kwargs.update(type=type(default[0]), nargs=len(default))
         elif isinstance(default, (int, float)):

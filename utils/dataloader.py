@@ -12,6 +12,12 @@ from utils.errors import DataError, ImageError
 from utils.images import eval_transform, is_image_file, load_image, verify_image
 
 SPLITS = ("image", "class")
+NEGATIVES = ("any", "same_group")
+
+
+def class_groups(class_names):
+    """The group of each class name: its alphabet for "alphabet/character" (Omniglot), "" for own data."""
+    return [name.rsplit("/", 1)[0] if "/" in name else "" for name in class_names]
 
 
 def indices_by_class(labels):
@@ -109,13 +115,17 @@ class SiameseDataset(Dataset):
     """Each item is two labelled pairs: (a, b) of one class -> 1, (c, d) of two classes -> 0.
 
     The positive class has at least 3 images; a, b, c are distinct images of it and d is an
-    image of another class. Items are random draws (the index only sets the epoch length), so
-    every DataLoader worker and rank must seed `random` differently.
+    image of another class: any other class (`negatives` "any", the original), or one of the same
+    group (`negatives` "same_group": the same alphabet, as Lake's one-shot task asks; `groups[label]`
+    names each label's group, and a class alone in its group falls back to any other class).
+    Items are random draws (the index only sets the epoch length), so every DataLoader worker and
+    rank must seed `random` differently.
     Returns images (2 pairs, 2 sides, 3, H, W) uint8 (a quarter of the float bytes to collate, share
     between processes and copy to the GPU; `split_pairs` makes them float) and labels (2,) float32.
     """
 
-    def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset"):
+    def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset",
+                 groups=None, negatives="any"):
         self.paths, self.input_shape = list(paths), list(input_shape)
         if train and augmentation == "autoaugment":
             self.transform = BatchAutoAugment(input_shape)
@@ -126,6 +136,13 @@ class SiameseDataset(Dataset):
         self.classes = sorted(self.by_class)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.positive_classes = [c for c in self.classes if len(self.by_class[c]) >= 3]
+        self.group_mates = {}  # class -> the other classes of its group, where it has any
+        if negatives == "same_group" and groups is not None:
+            members = defaultdict(list)
+            for c in self.classes:
+                members[groups[c]].append(c)
+            self.group_mates = {c: [m for m in members[groups[c]] if m != c] for c in self.classes
+                                if len(members[groups[c]]) > 1}
         if len(self.classes) < 2:
             raise DataError(f"the {name} split has {len(self.classes)} class; pairs need at least 2 classes")
         if not self.positive_classes:
@@ -141,10 +158,12 @@ class SiameseDataset(Dataset):
         """Draw a positive and a negative pair of paths: ((a, b), (c, d))."""
         positive = random.choice(self.positive_classes)
         a, b, c = random.sample(self.by_class[positive], 3)
-        other = random.randrange(len(self.classes) - 1)  # uniform over the other classes, no rejection loop
-        if other >= self.class_index[positive]:
-            other += 1
-        d = random.choice(self.by_class[self.classes[other]])
+        if positive in self.group_mates:
+            other = random.choice(self.group_mates[positive])
+        else:
+            index = random.randrange(len(self.classes) - 1)  # uniform over the other classes, no rejection loop
+            other = self.classes[index + (index >= self.class_index[positive])]
+        d = random.choice(self.by_class[other])
         return (a, b), (c, d)
 
     def __getitems__(self, indices):

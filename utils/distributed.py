@@ -5,10 +5,11 @@ import torch
 import torch.distributed as dist
 
 
-def native_bf16():
-    """True where bfloat16 autocast is fast: CUDA, or a CPU with AVX-512 BF16 or AMX (elsewhere it is emulated)."""
-    if torch.cuda.is_available():
-        return True
+def native_bf16(device=torch.device("cpu")):
+    """True where bfloat16 autocast is fast on `device`: a CUDA GPU with bf16 (Ampere or newer), or a CPU
+    with AVX-512 BF16 or AMX (elsewhere it is emulated, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

@@ -1,4 +1,6 @@
 """One pass over a loader: the training step and the validation pass, with tqdm bars."""
+import math
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -19,20 +21,30 @@ def split_pairs(images, labels, device, channels_last=False):
     return first, second, labels
 
 
+NOT_LEARNING_HINT = ("from scratch, try --backbone vgg16_bn, or --optimizer_type adam --Init_lr 1e-3 "
+                     "--weight_decay 0 (the README's Training section)")
+
+
+def not_learning(loss, acc):
+    """True when a mean pair loss and accuracy are what a network that ignores its input gets (ln 2, 0.5)."""
+    return abs(loss - math.log(2)) < 0.01 and abs(acc - 0.5) < 0.05
+
+
 def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None, channels_last=False,
-              desc="", lr=None, show=True, log_interval=10):
+              desc="", lr=None, show=True, log_interval=10, check_learning_at=None):
     """Train (when `optimizer` is given) or validate over `loader`.
 
     The running sums stay on the device; the host reads them, and every rank checks they are finite,
-    only every `log_interval` steps and at the end. Returns {"loss": mean BCE per pair, "acc": fraction
-    of pairs whose rounded sigmoid equals the label}, summed over all ranks. Raises NonFiniteLoss when
-    the loss became NaN or inf.
+    only every `log_interval` steps and at the end. At the first reading from step `check_learning_at`
+    on, a warning is printed when the last `log_interval` steps look like no learning (`not_learning`).
+    Returns {"loss": mean BCE per pair, "acc": fraction of pairs whose rounded sigmoid equals the
+    label}, summed over all ranks. Raises NonFiniteLoss when the loss became NaN or inf.
     """
     training = optimizer is not None
     model.train(training)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
+    count, last = 0, (0.0, 0, 0)  # (loss sum, correct, count) at the previous reading
     bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True)
     for step, (images, labels) in enumerate(bar, 1):
         first, second, labels = split_pairs(images, labels, device, channels_last)
@@ -50,8 +62,16 @@ def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None
         count += len(labels)
         if step % log_interval == 0 or step == len(loader):
             check_finite(loss_sum, f"{desc}: the loss became {{}} by step {step}; lower Init_lr or check the data")
-            postfix = {"loss": f"{loss_sum.item() / count:.4f}", "acc": f"{correct.item() / count:.3f}"}
-            bar.set_postfix(**postfix, **({"lr": f"{lr:.2e}"} if lr else {}))
+            now = (loss_sum.item(), correct.item(), count)
+            shown = {"loss": f"{now[0] / count:.4f}", "acc": f"{now[1] / count:.3f}"}
+            bar.set_postfix(**shown, **({"lr": f"{lr:.2e}"} if lr else {}))
+            if check_learning_at is not None and step >= check_learning_at:
+                check_learning_at = None
+                window_loss, window_acc = ((a - b) / (now[2] - last[2]) for a, b in zip(now[:2], last[:2]))
+                if show and not_learning(window_loss, window_acc):
+                    tqdm.write(f"Warning: {desc}, step {step}: loss {window_loss:.3f} (ln 2 = 0.693) and accuracy "
+                               f"{window_acc:.2f}, the network is not learning yet; {NOT_LEARNING_HINT}")
+            last = now
     bar.close()
     loss_total, correct_total, count = all_reduce_sum([loss_sum.item(), correct.item(), count], device)
     return {"loss": loss_total / max(count, 1), "acc": correct_total / max(count, 1)}

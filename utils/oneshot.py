@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from utils.dataloader import indices_by_class, list_images
+from utils.dataloader import class_groups, indices_by_class, list_images
 from utils.errors import DataError
 from utils.images import is_image_file
 
@@ -41,8 +41,7 @@ def list_classes(folder, own_data=None):
     if own_data is None:
         own_data = detect_own_data(folder)
     paths, labels, class_names, _ = list_images(folder, own_data, "")
-    groups = ["" if own_data else name.split("/")[0] for name in class_names]
-    return paths, labels, class_names, groups
+    return paths, labels, class_names, class_groups(class_names)
 
 
 def sample_tasks(labels, groups, way=20, shot=1, trials=400, within_alphabet=False, seed=0):
