@@ -95,7 +95,7 @@ def load_matching(model, state):
 
 
 def load_exact(model, state, path):
-    """Load every key of `state` (read from `path`) into `model`; raises WeightsError naming the file on any mismatch."""
+    """Load every key of `state` (read from `path`) into `model`; raises WeightsError naming the file on a mismatch."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
