@@ -7,8 +7,10 @@ Several GPUs (or CPU processes with gloo): torchrun --nproc_per_node=N train.py 
 """
 import argparse
 import datetime
+import math
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -19,15 +21,16 @@ from torch.utils.data.distributed import DistributedSampler
 
 from nets.siamese import BACKBONES, SiameseNetwork, check_input_shape
 from utils import distributed as ddp
-from utils.distributed import native_bf16
 from utils.augment import AUGMENTATIONS
 from utils.callbacks import LossHistory
 from utils.checkpoint import (IMAGENET_WEIGHTS_URLS, atomic_save, load_checkpoint, load_imagenet_weights,
                               load_matching, load_weights, save_checkpoint, set_rng_state, unwrap)
 from utils.config import config_comments, parse_config, show_config
 from utils.dataloader import NEGATIVES, SPLITS, SiameseDataset, class_groups, list_images, split_indices
-from utils.errors import DataError, ImageError, NonFiniteLoss, WeightsError
+from utils.distributed import native_bf16
+from utils.errors import ConfigError, DataError, ImageError, NonFiniteLoss, SaveError, WeightsError
 from utils.loop import run_epoch
+from utils.rundir import claim_save_dir, release
 from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
 
 # config: edit here, or pass --name value on the command line
@@ -60,7 +63,8 @@ momentum = 0.9  # SGD momentum, or Adam's first beta
 weight_decay = 5e-4  # L2 penalty of the optimiser
 lr_decay_type = "cos"  # "cos" or "step"
 save_period = 10  # write ep###-loss-val_loss.pth every this many epochs
-save_dir = "logs"  # where weights, checkpoints and loss curves go
+save_dir = "logs"  # where weights, checkpoints and loss curves go (a resumed run: the checkpoint's folder)
+overwrite = False  # let a new run replace the files of an earlier run in save_dir
 num_workers = 4  # DataLoader worker processes (0: load in the main process)
 seed = 0  # random seed; each process adds its rank
 deterministic = False  # deterministic algorithms (for exact resume checks); slower
@@ -70,15 +74,19 @@ CONFIG = {k: v for k, v in dict(globals()).items()
 
 CHOICES = {"optimizer_type": OPTIMIZERS, "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS,
            "negatives": NEGATIVES, "backbone": BACKBONES}
-PER_RUN = ("resume", "stop_after", "model_path")  # settings a resumed run does not take from its checkpoint
+PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not taken from a resumed checkpoint
 
 
-def config_error(c, done_epochs=None):
-    """The first problem with config `c` as one line, or None; `done_epochs` is a resumed checkpoint's epoch."""
+def config_error(c):
+    """The first problem with config `c` as one line, or None."""
     try:
         check_input_shape(c.input_shape)
     except ValueError as e:
         return str(e)
+    numbers = {name: getattr(c, name) for name in ("Init_lr", "Min_lr", "momentum", "weight_decay", "train_ratio")}
+    bad = [f"{name} {value}" for name, value in numbers.items() if not math.isfinite(value)]
+    if bad:
+        return f"{', '.join(bad)}: settings must be finite numbers"
     if c.Epoch < 1 or c.Init_Epoch < 0:
         return "Epoch must be at least 1 and Init_Epoch at least 0"
     if c.Init_Epoch >= c.Epoch:
@@ -91,11 +99,44 @@ def config_error(c, done_epochs=None):
         return "num_workers must be >= 0, save_period and log_interval >= 1"
     if c.Init_lr <= 0 or c.Min_lr < 0:
         return "Init_lr must be positive and Min_lr not negative"
+    if not 0 <= c.momentum < 1:
+        return f"momentum {c.momentum} must be in [0, 1) (SGD momentum, or Adam's first beta)"
+    if c.weight_decay < 0:
+        return f"weight_decay {c.weight_decay} must not be negative"
     if c.stop_after < 0:
         return "stop_after must be 0 (no stop) or a number of epochs"
-    if done_epochs is not None and done_epochs >= c.Epoch:
-        return (f"{c.resume} has finished {done_epochs} of Epoch {c.Epoch} epochs: "
+    if c.distributed and not ddp.launched_by_torchrun():
+        return "distributed = True needs a launcher: torchrun --nproc_per_node=N train.py ..."
+    return memory_error(c)
+
+
+def memory_error(c):
+    """A one-line error when one training step of config `c` surely cannot fit in this machine's memory."""
+    height, width = c.input_shape
+    # VGG16 keeps about 270 floats of activations per input pixel; backward about doubles it; 4 images per item
+    needed = 270 * height * width * 4 * 3 * 4 * c.batch_size
+    use_cuda = c.Cuda and torch.cuda.is_available()
+    total = torch.cuda.mem_get_info()[1] if use_cuda else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > total:
+        return (f"input_shape {c.input_shape} with batch_size {c.batch_size} needs about {needed / 2**30:.0f} GiB "
+                f"for one training step, more than the {total / 2**30:.0f} GiB of this "
+                f"{'GPU' if use_cuda else 'machine'}; lower input_shape or batch_size")
+    return None
+
+
+def resume_error(c, checkpoint, given):
+    """A one-line error when config `c` cannot continue `checkpoint`; `given` holds the names on the command line."""
+    if checkpoint["epoch"] >= c.Epoch:
+        return (f"{c.resume} has finished {checkpoint['epoch']} of Epoch {c.Epoch} epochs: "
                 f"pass a larger --Epoch to train further")
+    if "Init_Epoch" in given:
+        return f"--Init_Epoch does not apply with --resume: {c.resume} continues at epoch {checkpoint['epoch'] + 1}"
+    saved = checkpoint.get("config", {})
+    for name in ("input_shape", "backbone", "optimizer_type"):
+        if name in saved and saved[name] != getattr(c, name):
+            return (f"--{name} {getattr(c, name)} differs from {saved[name]} in {c.resume}: a resumed run keeps its "
+                    f"network and optimiser; drop --{name}, or start a new run from its weights with "
+                    f"--model_path {c.resume}")
     return None
 
 
@@ -104,9 +145,11 @@ def parse_train_config(argv=None):
 
     Min_lr follows Init_lr unless given itself. With `--resume`, the checkpoint is loaded here, once,
     and its config replaces CONFIG as the defaults (except PER_RUN), so `python train.py --resume
-    logs/last.ckpt` alone continues the same run; raises WeightsError when it cannot be loaded.
+    logs/last.ckpt` alone continues the same run, writing beside the checkpoint unless --save_dir says
+    otherwise; raises WeightsError when it cannot be loaded.
     """
     argv = sys.argv[1:] if argv is None else argv
+    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
     defaults, checkpoint = dict(CONFIG), None
     first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--resume", default=CONFIG["resume"])
@@ -114,14 +157,15 @@ def parse_train_config(argv=None):
     if resume:
         checkpoint = load_checkpoint(resume)
         defaults.update((k, v) for k, v in checkpoint.get("config", {}).items() if k in CONFIG and k not in PER_RUN)
-    done = checkpoint["epoch"] if checkpoint else None
+        defaults["save_dir"] = os.path.dirname(resume) or "."
     demo = {"demo": dict(action="store_true", help="train the embedded glyph demo offline: builds dataset/glyphs, "
                          "trains on it with settings for a CPU, reports one-shot accuracy "
                          "(other names still override)")}
+    validate = (lambda c: config_error(c) or (resume_error(c, checkpoint, given) if checkpoint else None))
     config = parse_config(defaults, argv, description="Train the Siamese network.", choices=CHOICES,
-                          validate=lambda c: config_error(c, done), helps=config_comments(__file__), extra=demo)
+                          validate=validate, helps=config_comments(__file__), extra=demo)
     del config.demo
-    if not any(a.startswith("--Min_lr") for a in argv) and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
+    if "Min_lr" not in given and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
         config.Min_lr = config.Init_lr * 0.01
     return config, checkpoint
 
@@ -177,7 +221,13 @@ def build_model(c, device, channels_last, say):
     """The Siamese network of config `c` on `device`, from ImageNet or `model_path` weights as asked."""
     model = SiameseNetwork(c.input_shape, c.backbone)
     if c.pretrained and not c.model_path and not c.resume:
-        model.vgg.load_imagenet(load_imagenet_weights(url=IMAGENET_WEIGHTS_URLS[c.backbone]))
+        url = IMAGENET_WEIGHTS_URLS[c.backbone]
+        try:
+            model.vgg.load_imagenet(load_imagenet_weights(url=url))
+        except RuntimeError as e:  # load_state_dict's missing keys or size mismatch
+            reason = str(e).strip().splitlines()[0]
+            raise WeightsError(f"model_data/{os.path.basename(url)}: not torchvision's ImageNet {c.backbone} "
+                               f"weights ({reason}); delete it to download it again") from None
     if c.model_path and not c.resume:
         loaded, failed = load_matching(model, load_weights(c.model_path))
         say(f"Loaded {len(loaded)} keys from {c.model_path}; "
@@ -203,9 +253,23 @@ def save_weights(c, model, epoch, train, val, best_val_loss, say):
 
 
 def main(c, checkpoint=None):
-    """Train with config `c` (from `parse_train_config`); `checkpoint` is the loaded `c.resume`, if any."""
+    """Train with config `c` (from `parse_train_config`); `checkpoint` is the loaded `c.resume`, if any.
+
+    Rank 0 holds `save_dir`'s lock for the whole run, so a second run on the same folder stops at once.
+    """
     use_cuda = c.Cuda and torch.cuda.is_available()
     rank, local_rank, world_size, device = ddp.setup(c.distributed, use_cuda)
+    lock = None
+    try:
+        lock = claim_save_dir(c.save_dir, c.resume, c.overwrite) if rank == 0 else None
+        train(c, checkpoint, rank, local_rank, world_size, device, use_cuda)
+    finally:
+        release(lock)
+        ddp.cleanup()
+
+
+def train(c, checkpoint, rank, local_rank, world_size, device, use_cuda):
+    """The training run of `main` on this process's `device`."""
     is_main = rank == 0
     say = print if is_main else (lambda *a, **k: None)
     if c.Cuda and not use_cuda:
@@ -246,7 +310,8 @@ def main(c, checkpoint=None):
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, best_val_loss = checkpoint["epoch"], checkpoint["best_val_loss"]
-        losses, val_losses, log_dir = checkpoint["losses"], checkpoint["val_losses"], checkpoint["log_dir"]
+        losses, val_losses = checkpoint["losses"], checkpoint["val_losses"]
+        log_dir = os.path.join(c.save_dir, os.path.basename(checkpoint["log_dir"]))  # the history moves with the run
         if world_size == 1:  # the random states are rank 0's; other ranks keep their own seeds
             set_rng_state(checkpoint["rng"])
         say(f"Resuming from {c.resume} at epoch {start_epoch + 1}/{c.Epoch}")
@@ -288,6 +353,7 @@ def main(c, checkpoint=None):
             next_epoch = epoch + 1
             save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, best_val_loss, history, log_dir, c)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save below
         if is_main:  # the weights as they are now; the resumed run repeats the unfinished epoch from them
             save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, best_val_loss, history, log_dir, c)
             print(f"\nInterrupted in epoch {next_epoch + 1}: saved {checkpoint_path}; continue with: {resume_command}",
@@ -295,8 +361,6 @@ def main(c, checkpoint=None):
         raise SystemExit(130)
     except NonFiniteLoss as e:
         raise NonFiniteLoss(f"{e}; stopped without saving epoch {next_epoch + 1}'s weights") from None
-    finally:
-        ddp.cleanup()
     if end_epoch < c.Epoch:
         say(f"Stopped after epoch {end_epoch}/{c.Epoch} (stop_after {c.stop_after}); "
             f"continue with: {resume_command}")
@@ -332,7 +396,11 @@ if __name__ == "__main__":
             run_demo(argv)
         else:
             main(*parse_train_config(argv))
-    except (DataError, ImageError, WeightsError, NonFiniteLoss) as e:
+    except ConfigError as e:  # settings that cannot work: argparse's form and exit code
+        print(f"train.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    except (DataError, ImageError, WeightsError, NonFiniteLoss, SaveError) as e:
         raise SystemExit(f"error: {one_line(e)}")
     except KeyboardInterrupt:  # before training started: nothing to save
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise SystemExit("\ninterrupted before training started; nothing saved")

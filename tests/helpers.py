@@ -1,16 +1,23 @@
 """Code the tests share: real Omniglot data, weights in the original format and a functional forward pass."""
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OMNIGLOT_DIR = ROOT.parent / "shared" / "omniglot"
 VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}  # 2 shared cores: one thread each is fastest
+TRAIN = ["--input_shape", "32", "32", "--pretrained", "False", "--num_workers", "0", "--Cuda", "False",
+         "--batch_size", "4", "--deterministic", "True"]
 
 
 def omniglot_zip(name):
@@ -80,3 +87,27 @@ def direct_probability(state, image_1, image_2):
     x = F.linear(x, state["fully_connect1.weight"], state["fully_connect1.bias"])
     x = F.linear(x, state["fully_connect2.weight"], state["fully_connect2.bias"])
     return torch.sigmoid(x)
+
+
+def run(script, *args, stdin=None, timeout=120):
+    """Run a top-level script of the repository; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=ENV, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments, rc=1):
+    """The run failed with exit code `rc` and a last stderr line `error: ...` holding every fragment, no traceback."""
+    assert result.returncode == rc, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error: " in last, last
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def png(path, size=(40, 40), seed=0):
+    """Write a small random greyscale PNG (made here, not taken from any data set)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8)
+    Image.fromarray(pixels, "L").save(path)
+    return path

@@ -33,7 +33,10 @@ def parse_args(argv=None):
                           help="which official zips to use (the _small1/_small2 minimal splits fill images_background)")
     omniglot.add_argument("--url", default=OMNIGLOT_URL,
                           help="where the zips are downloaded from (any http(s):// or file:// folder)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "glyphs" and args.max_characters < 1:
+        parser.error(f"--max_characters {args.max_characters}: each alphabet needs at least 1 character")
+    return args
 
 
 def main(argv=None):

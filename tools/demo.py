@@ -20,7 +20,7 @@ DEMO_ARGS = [
     "--input_shape", "32", "32", "--pretrained", "False",
     "--optimizer_type", "adam", "--Init_lr", "1e-3", "--weight_decay", "0",
     "--batch_size", "32", "--Epoch", "4", "--augmentation", "none", "--split_by", "class",
-    "--num_workers", "0", "--save_period", "100",
+    "--num_workers", "0", "--save_period", "100", "--overwrite", "True",  # a new demo replaces the last one
 ]
 FIGURE_PATH = "logs/demo_predictions.png"
 

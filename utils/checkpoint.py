@@ -1,4 +1,5 @@
 """Weights on disk: safe loading, atomic saving, ImageNet weights, and the checkpoint used to resume a run."""
+import io
 import os
 import pickle
 import random
@@ -8,7 +9,7 @@ import numpy as np
 import torch
 from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
-from utils.errors import WeightsError
+from utils.errors import SaveError, WeightsError
 
 IMAGENET_WEIGHTS_URLS = {  # torchvision's files: vgg16-397923af.pth, vgg16_bn-6c64b313.pth
     "vgg16": VGG16_Weights.IMAGENET1K_V1.url,
@@ -16,21 +17,64 @@ IMAGENET_WEIGHTS_URLS = {  # torchvision's files: vgg16-397923af.pth, vgg16_bn-6
 }
 
 
+TEMPORARY_PREFIX = ".tmp-"  # then the writer's pid: a later run can tell a dead writer's leftovers
+
+
 def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file.
+
+    The file gets the permissions a plain `open` would give (the umask applied to 0o666). Raises
+    SaveError naming `path` when it cannot be written (a full disk, no permission); `path` is then untouched.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    data = io.BytesIO()
+    torch.save(obj, data)  # in memory first: torch.save reports a failed file write as an opaque RuntimeError
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".pth")
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise SaveError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def current_umask():
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder):
+    """Delete `atomic_save` leftovers in `folder` whose writing process is gone; returns how many."""
+    removed = 0
+    for entry in os.scandir(folder):
+        pid = entry.name[len(TEMPORARY_PREFIX):].split("-")[0]
+        if entry.name.startswith(TEMPORARY_PREFIX) and entry.name.endswith(".pth") and pid.isdigit() \
+                and not process_alive(int(pid)):
+            os.remove(entry.path)
+            removed += 1
+    return removed
+
+
+def process_alive(pid):
+    """True when a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def safe_load(path):
@@ -78,11 +122,24 @@ def unwrap(model):
 
 
 def load_weights(path):
-    """The model state dict in a weights file or a training checkpoint; raises WeightsError naming the file."""
+    """The model state dict in a weights file or a training checkpoint.
+
+    Raises WeightsError naming the file when it is not a state dict, or naming the first tensor that
+    holds NaN or infinity (such weights score every pair NaN).
+    """
     state = safe_load(path)
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state.get("model", state)  # a training checkpoint holds the weights under "model"
+    state = state.get("model", state)  # a training checkpoint holds the weights under "model"
+    check_finite_weights(state, path)
+    return state
+
+
+def check_finite_weights(state, path):
+    """Raise WeightsError naming `path` and the first floating tensor of `state` with NaN or infinity."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise WeightsError(f"{path}: {key} holds NaN or infinite values; these weights cannot score anything")
 
 
 def load_matching(model, state):
@@ -160,4 +217,5 @@ def load_checkpoint(path):
     needed = {"model", "optimizer", "scaler", "epoch", "rng"}
     if not isinstance(checkpoint, dict) or not needed <= set(checkpoint):
         raise WeightsError(f"{path}: not a training checkpoint (expected keys {sorted(needed)})")
+    check_finite_weights(checkpoint["model"], path)
     return checkpoint

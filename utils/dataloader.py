@@ -28,8 +28,31 @@ def indices_by_class(labels):
     return by_class
 
 
-def _subfolders(path):
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+def scan(folder, broken):
+    """(subfolder names, file names) of `folder`, sorted; hidden folders are left out (hidden files are
+    listed, to be counted as skipped). A symlink that dangles or loops is neither; its path and problem
+    are appended to `broken`.
+    """
+    folders, files = [], []
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_dir():
+                if not entry.name.startswith("."):
+                    folders.append(entry.name)
+            elif entry.is_file():
+                files.append(entry.name)
+            elif entry.is_symlink():
+                broken.append(f"{entry.path} (dangling symlink)")
+        except OSError as e:  # a symlink loop
+            broken.append(f"{entry.path} ({e.strerror})")
+    return sorted(folders), sorted(files)
+
+
+def warn_skipped(what, items):
+    """One warning line on stderr naming up to 5 skipped `items`."""
+    if items:
+        print(f"Warning: skipped {len(items)} {what}: " + "; ".join(items[:5]) + (" ..." if len(items) > 5 else ""),
+              file=sys.stderr)
 
 
 def list_images(dataset_path, train_own_data=False, folder="images_background", warn=True):
@@ -45,17 +68,18 @@ def list_images(dataset_path, train_own_data=False, folder="images_background", 
     root = os.path.join(dataset_path, folder)
     if not os.path.isdir(root):
         raise DataError(f"{root}: no such folder")
+    broken = []
     if train_own_data:
-        class_dirs = [(name, os.path.join(root, name)) for name in _subfolders(root)]
+        class_dirs = [(name, os.path.join(root, name)) for name in scan(root, broken)[0]]
     else:
         class_dirs = [
             (f"{alphabet}/{character}", os.path.join(root, alphabet, character))
-            for alphabet in _subfolders(root)
-            for character in _subfolders(os.path.join(root, alphabet))
+            for alphabet in scan(root, broken)[0]
+            for character in scan(os.path.join(root, alphabet), broken)[0]
         ]
     paths, labels, class_names, skipped, unreadable, empty = [], [], [], 0, [], []
     for name, class_dir in class_dirs:
-        files = sorted(e.name for e in os.scandir(class_dir) if e.is_file())
+        files = scan(class_dir, broken)[1]
         images = []
         for path in (os.path.join(class_dir, f) for f in files if is_image_file(f)):
             try:
@@ -71,12 +95,11 @@ def list_images(dataset_path, train_own_data=False, folder="images_background", 
         class_names.append(name)
         paths += images
         labels += [label] * len(images)
-    if warn and unreadable:
-        print(f"Warning: skipped {len(unreadable)} unreadable image(s): " + "; ".join(unreadable[:5])
-              + (" ..." if len(unreadable) > 5 else ""), file=sys.stderr)
-    if warn and empty and paths:
-        print(f"Warning: skipped {len(empty)} class folder(s) without images: " + ", ".join(empty[:5])
-              + (" ..." if len(empty) > 5 else ""), file=sys.stderr)
+    skipped += len(broken)
+    if warn:
+        warn_skipped("unreadable image(s)", unreadable)
+        warn_skipped("broken symlink(s)", broken)
+        warn_skipped("class folder(s) without images", empty if paths else [])
     if not paths:
         layout = "<class>/<image>" if train_own_data else "<alphabet>/<character>/<image>"
         found = f"{len(class_dirs)} class folders, none with a readable image" if class_dirs else "no class folders"

@@ -15,3 +15,11 @@ class WeightsError(ValueError):
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; training stops before broken weights are saved."""
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together; found before any work starts."""
+
+
+class SaveError(OSError):
+    """A file the project writes could not be written (full disk, no permission); the message names it."""

@@ -154,25 +154,30 @@ def parse_run(run_dir):
     training_dir = os.path.join(run_dir, "training")
     names = os.listdir(training_dir) if os.path.isdir(training_dir) else []
     training_paths = sorted(os.path.join(training_dir, name) for name in names if is_image_file(name))
-    if not training_paths:
-        raise DataError(f"{training_dir}: no training images")
+    if len(training_paths) < 2:
+        raise DataError(f"{training_dir}: {len(training_paths)} training image(s); a one-shot run needs at least 2 "
+                        f"to choose between")
+    try:
+        with open(labels_file, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{labels_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     test_paths, answers = [], []
-    with open(labels_file) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != 2:
-                raise DataError(f"{labels_file}:{number}: expected 'test/itemXX.png training/classYY.png', "
-                                f"got {line.strip()!r}")
-            # the last two path parts locate the file inside this run, whatever the runs folder is called
-            test, train = (os.path.join(run_dir, *field.replace("\\", "/").split("/")[-2:]) for field in fields)
-            if not os.path.isfile(test):
-                raise DataError(f"{labels_file}:{number}: test image {test} does not exist")
-            if train not in training_paths:
-                raise DataError(f"{labels_file}:{number}: {train} is not one of the run's training images")
-            test_paths.append(test)
-            answers.append(training_paths.index(train))
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise DataError(f"{labels_file}:{number}: expected 'test/itemXX.png training/classYY.png', "
+                            f"got {line.strip()!r}")
+        # the last two path parts locate the file inside this run, whatever the runs folder is called
+        test, train = (os.path.join(run_dir, *field.replace("\\", "/").split("/")[-2:]) for field in fields)
+        if not os.path.isfile(test):
+            raise DataError(f"{labels_file}:{number}: test image {test} does not exist")
+        if train not in training_paths:
+            raise DataError(f"{labels_file}:{number}: {train} is not one of the run's training images")
+        test_paths.append(test)
+        answers.append(training_paths.index(train))
     if not test_paths:
         raise DataError(f"{labels_file}: no test items listed")
     return test_paths, training_paths, answers
