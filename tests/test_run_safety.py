@@ -189,7 +189,8 @@ def test_lake_run_files_that_cannot_be_used_are_named(tmp_path):
     with pytest.raises(DataError, match="1 training image.*at least 2"):
         parse_run(str(run_dir))
     (run_dir / "training" / "class02.png").write_bytes(b"")
-    (run_dir / "class_labels.txt").write_bytes("run01/test/item01.png run01/training/cl\xe4ss01.png\n".encode("latin-1"))
+    latin1 = "run01/test/item01.png run01/training/cl\xe4ss01.png\n".encode("latin-1")
+    (run_dir / "class_labels.txt").write_bytes(latin1)
     with pytest.raises(DataError, match="class_labels.txt: not UTF-8 text"):
         parse_run(str(run_dir))
 
