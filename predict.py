@@ -16,14 +16,44 @@ from utils.gallery import rank_gallery
 from utils.images import open_image
 
 
+def at_least_one(text):
+    """argparse type: an int of at least 1, else argparse's one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def save_path_problem(path):
+    """Why the figure cannot be saved to `path` (a message naming it), or "" when it can."""
+    if os.path.isdir(path):
+        return f"--save {path}: is a directory; name a file in it, such as {os.path.join(path, 'pair.png')}"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--save {path}: no such folder {folder}"
+    from matplotlib.figure import Figure  # here: only --save pays for importing it
+
+    extension, formats = os.path.splitext(path)[1].lower().lstrip("."), Figure().canvas.get_supported_filetypes()
+    if extension not in formats:
+        what = f"unknown extension .{extension}" if extension else "no extension"
+        return f"--save {path}: {what}; matplotlib writes {', '.join(sorted(formats))}"
+    if not os.access(folder, os.W_OK):
+        return f"--save {path}: folder {folder} is not writable"
+    return ""
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Similarity of two images (1 = same class, 0 = different).")
     parser.add_argument("images", nargs="*", help="two image paths; none for the interactive loop; one with --gallery")
     add_predictor_args(parser)
     parser.add_argument("--gallery", default="",
                         help="rank this folder's images (and class subfolders) by similarity to one query image")
-    parser.add_argument("--top", type=int, default=5, help="how many gallery matches to print")
-    parser.add_argument("--save", default="", help="write the side-by-side figure to this PNG")
+    parser.add_argument("--top", type=at_least_one, default=5, help="how many gallery matches to print (1 or more)")
+    parser.add_argument("--save", default="",
+                        help="write the side-by-side figure to this file (.png, .pdf, .svg, ...) in an existing folder")
     parser.add_argument("--show", type=parse_bool, default=None, metavar="True|False",
                         help="open a window with the figure (default: only in the interactive loop)")
     args = parser.parse_args(argv)
@@ -31,6 +61,9 @@ def parse_args(argv=None):
         parser.error(f"--gallery takes one query image, not {len(args.images)}")
     if not args.gallery and len(args.images) not in (0, 2):
         parser.error(f"give two image paths or none, not {len(args.images)}")
+    problem = args.save and save_path_problem(args.save)
+    if problem:
+        parser.error(problem)
     check_predictor_args(parser, args)
     return args
 

@@ -1,50 +1,85 @@
 """Gallery search: rank a folder's images (and classes) by similarity to a query, with an embedding cache.
 
-The cache lives in the gallery as `.siamese_embeddings.pth`. It is keyed by the weights file (path,
-size, mtime) and the input settings, and holds one entry per image keyed by (size, mtime): a changed
-or added image is embedded again, the others are reused; other weights or settings re-embed all.
+The cache lives in the gallery as `.siamese_embeddings.pth`. It is keyed by a digest of the loaded
+weights and by the input settings, and holds one embedding per image keyed by its path and a blake2b digest
+of its bytes: an image whose bytes changed is embedded again even when its size and modification time did
+not (`cp -p`, `rsync -a` and `tar x` keep both), the others are reused; other weights or settings re-embed
+all. Files that cannot be read or decoded are skipped with a warning naming each.
 """
+import hashlib
 import os
+import stat
 
 import torch
+from tqdm import tqdm
 
 from utils.checkpoint import atomic_save, safe_load
-from utils.errors import DataError, WeightsError
-from utils.images import is_image_file
+from utils.dataloader import warn_skipped
+from utils.errors import DataError, ImageError, WeightsError
+from utils.images import is_image_file, load_image
 
 CACHE_NAME = ".siamese_embeddings.pth"
+CACHE_VERSION = 2  # 1 keyed images by (size, mtime); its caches are rebuilt
+CHUNK = 256  # images decoded at a time: a multiple of the predictor's batch (64), so its batches do not change
 
 
 def list_gallery(folder):
-    """Image paths under `folder` (any depth, hidden files and folders skipped), relative and sorted."""
+    """Image paths under `folder` (any depth, hidden files and folders skipped) -> relative paths, sorted.
+
+    Symlinked folders are not followed (no loops); image names that are dangling or looping symlinks,
+    or not regular files, are skipped with a warning naming each. Raises DataError when none is left.
+    """
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such gallery folder")
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [os.path.relpath(os.path.join(root, f), folder) for f in files if is_image_file(f)]
+    found, broken, linked = [], [], []
+    for root, dirs, files in os.walk(folder, onerror=lambda e: broken.append(f"{e.filename} ({e.strerror})")):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        linked += [os.path.join(root, d) for d in dirs if os.path.islink(os.path.join(root, d))]
+        for name in (f for f in files if is_image_file(f)):
+            path = os.path.join(root, name)
+            try:
+                if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+                    broken.append(f"{path} (not a regular file)")
+                    continue
+            except OSError as e:
+                dangling = isinstance(e, FileNotFoundError) and os.path.islink(path)
+                broken.append(f"{path} ({'dangling symlink' if dangling else e.strerror})")
+                continue
+            found.append(os.path.relpath(path, folder))
+    warn_skipped("gallery file(s) or folder(s) that cannot be read", broken)
+    warn_skipped("symlinked folder(s), not followed", linked)
     if not found:
         raise DataError(f"{folder}: no images in the gallery")
     return sorted(found)
 
 
-def file_stamp(path):
-    """(size, mtime in ns) of a file: what changes when the file does."""
-    stat = os.stat(path)
-    return [stat.st_size, stat.st_mtime_ns]
+def file_digest(path):
+    """A blake2b digest (hex) of a file's bytes: what changes whenever its content does."""
+    with open(path, "rb") as file:
+        return hashlib.blake2b(file.read(), digest_size=16).hexdigest()
+
+
+def weights_digest(net):
+    """A blake2b digest (hex) of a network's parameters and buffers: names, dtypes, shapes and values."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in net.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {list(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def cache_key(predictor):
-    """What the embeddings depend on besides the images: the weights file and the input settings."""
+    """What the embeddings depend on besides the images: the loaded weights and the input settings."""
     return {
-        "weights": [os.path.abspath(predictor.model_path)] + file_stamp(predictor.model_path),
+        "version": CACHE_VERSION,
+        "weights": weights_digest(predictor.net),
         "input_shape": list(predictor.input_shape),
         "letterbox_image": bool(predictor.letterbox_image),
     }
 
 
 def load_cache(path, key):
-    """The cached {relative path: (stamp, embedding)} for `key`, or {} when absent, stale or unreadable."""
+    """The cached {relative path: (content digest, embedding)} for `key`, or {} when absent, stale or unreadable."""
     if not os.path.isfile(path):
         return {}
     try:
@@ -54,30 +89,59 @@ def load_cache(path, key):
         return {}
     if not isinstance(cache, dict) or cache.get("key") != key:
         return {}
-    return {name: (stamp, row) for name, stamp, row in zip(cache["names"], cache["stamps"], cache["embeddings"])}
+    return {name: (digest, row) for name, digest, row in zip(cache["names"], cache["digests"], cache["embeddings"])}
+
+
+def embed_files(predictor, paths, progress=True):
+    """Embed image files, skipping the unreadable -> ({index in paths: embedding}, [one error line per skipped])."""
+    rows, errors = {}, []
+    with tqdm(total=len(paths), desc="embedding gallery", unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(paths), CHUNK):
+            images = {}
+            for i in range(start, min(start + CHUNK, len(paths))):
+                try:
+                    images[i] = load_image(paths[i])
+                except ImageError as e:
+                    errors.append(str(e))
+            if images:
+                rows.update(zip(images, predictor.embed(list(images.values()))))
+            bar.update(min(CHUNK, len(paths) - start))
+    return rows, errors
 
 
 def gallery_embeddings(predictor, folder, use_cache=True, progress=True):
-    """Embeddings of every gallery image -> (relative paths, (N, flat) tensor, number embedded now).
+    """Embeddings of every readable gallery image -> (relative paths, (N, flat) tensor, number embedded now).
 
-    Images whose (size, mtime) match the cache are not embedded again; the cache is rewritten when
-    anything changed (a read-only gallery just goes uncached, with a warning).
+    Images whose path and content digest match the cache are not embedded again; files that cannot be read or
+    decoded are left out with a warning. The cache is rewritten when anything changed (a read-only
+    gallery just goes uncached, with a warning). Raises DataError when no image is readable.
     """
-    names = list_gallery(folder)
-    stamps = [file_stamp(os.path.join(folder, name)) for name in names]
-    cache_path, key = os.path.join(folder, CACHE_NAME), cache_key(predictor)
+    names, unreadable, digests = list_gallery(folder), [], {}
+    if use_cache:  # every file is read: size and mtime can stay the same while the content changes
+        for name in names:
+            try:
+                digests[name] = file_digest(os.path.join(folder, name))
+            except OSError as e:
+                unreadable.append(f"{os.path.join(folder, name)}: {e.strerror or e}")
+        names = [name for name in names if name in digests]
+    cache_path, key = os.path.join(folder, CACHE_NAME), cache_key(predictor) if use_cache else None
     cached = load_cache(cache_path, key) if use_cache else {}
-    missing = [i for i, (name, stamp) in enumerate(zip(names, stamps)) if cached.get(name, (None,))[0] != stamp]
-    fresh = predictor.embed([os.path.join(folder, names[i]) for i in missing], progress=progress,
-                            desc="embedding gallery")
-    rows = {i: fresh[n] for n, i in enumerate(missing)}
-    embeddings = torch.stack([rows[i] if i in rows else cached[name][1] for i, name in enumerate(names)])
-    if use_cache and (missing or len(cached) != len(names)):
+    missing = [name for name in names if name not in digests or cached.get(name, (None,))[0] != digests[name]]
+    fresh, errors = embed_files(predictor, [os.path.join(folder, name) for name in missing], progress)
+    unreadable += errors
+    warn_skipped("unreadable image(s)", unreadable)
+    embedded, reused = {missing[i]: row for i, row in fresh.items()}, set(names) - set(missing)
+    names = [name for name in names if name in embedded or name in reused]
+    if not names:
+        raise DataError(f"{folder}: no readable images in the gallery ({len(unreadable)} unreadable)")
+    embeddings = torch.stack([embedded[name] if name in embedded else cached[name][1] for name in names])
+    if use_cache and (embedded or set(names) != set(cached)):
         try:
-            atomic_save({"key": key, "names": names, "stamps": stamps, "embeddings": embeddings}, cache_path)
+            kept = [digests[name] for name in names]
+            atomic_save({"key": key, "names": names, "digests": kept, "embeddings": embeddings}, cache_path)
         except OSError as e:
             print(f"warning: could not write the embedding cache {cache_path}: {e}")
-    return names, embeddings, len(missing)
+    return names, embeddings, len(embedded)
 
 
 def rank_gallery(predictor, folder, query, top=5, use_cache=True, progress=True):
