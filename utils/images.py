@@ -174,18 +174,7 @@ def letterbox(image, size):
     return v2.functional.pad(resized, [left, top, width - nw - left, height - nh - top], fill=GREY)
 
 
-class Letterbox(torch.nn.Module):
-    """Transform form of `letterbox` (a module, so DataLoader workers can pickle it)."""
-
-    def __init__(self, size):
-        super().__init__()
-        self.size = list(size)
-
-    def forward(self, image):
-        return letterbox(image, self.size)
-
-
-def crop_resize(image, size):
+def centre_crop_resize(image, size):
     """Centre-crop a uint8 (C, H, W) tensor to the aspect ratio of `size` (h, w), then resize it -> uint8 (C, h, w).
 
     The region kept is the one that resizing the image to just cover (h, w) and centre cropping keeps
@@ -200,27 +189,28 @@ def crop_resize(image, size):
     return resize(image[..., top:top + ch, left:left + cw], [height, width])
 
 
-class CropResize(torch.nn.Module):
-    """Transform form of `crop_resize` (a module, so DataLoader workers can pickle it)."""
+class ToSize(torch.nn.Module):
+    """`fit(image, size)` as a transform (`letterbox` or `centre_crop_resize`); a module, so DataLoader
+    workers can pickle it."""
 
-    def __init__(self, size):
+    def __init__(self, fit, size):
         super().__init__()
-        self.size = list(size)
+        self.fit, self.size = fit, list(size)
 
     def forward(self, image):
-        return crop_resize(image, self.size)
+        return self.fit(image, self.size)
 
 
 def eval_transform(input_shape, letterbox_image=False):
     """The deterministic resizing of validation and prediction: a module, uint8 (3, H, W) -> uint8 (3, h, w).
 
-    Default (`crop_resize`): the centre region of the target's aspect ratio, resized to (h, w); for a
+    Default (`centre_crop_resize`): the centre region of the target's aspect ratio, resized to (h, w); for a
     square target the same region as the original's validation (shorter side resized, then centre
     crop), equal up to resampling at the crop's edges. With `letterbox_image`: keep the aspect ratio
     and pad with grey. Memory is bounded by the image and (h, w) in both. `to_float` then gives what
     the model takes.
     """
-    return Letterbox(input_shape) if letterbox_image else CropResize(input_shape)
+    return ToSize(letterbox if letterbox_image else centre_crop_resize, input_shape)
 
 
 def to_float(images):
