@@ -2,6 +2,7 @@
 
     python bench.py                       # 105x105 VGG16, batch 32, on dataset/ (the embedded glyphs or your data)
     python bench.py --dataset DIR --quick # a short run on DIR/images_background
+    python bench.py --backbones all       # instead: a table of every backbone's speed and memory (fp32)
 Figures are the best of the timed steps (the least disturbed by other processes); peak memory is
 measured afresh for each setting (CUDA: allocated memory; CPU: the resident set, Linux).
 """
@@ -16,7 +17,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from nets.siamese import SiameseNetwork
+from nets.siamese import BACKBONES, SiameseNetwork, flat_features
 from tools.glyphs import glyphs_present, make_glyphs
 from utils.dataloader import SiameseDataset, indices_by_class, list_images
 from utils.images import preprocess
@@ -49,10 +50,23 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--way", type=int, default=20, help="classes of the timed one-shot task")
     parser.add_argument("--quick", action="store_true", help="2 timed steps, 256 loader images")
+    parser.add_argument("--backbones", type=parse_backbones, default=None, metavar="all|NAME[,NAME...]",
+                        help="only a table of these backbones' training and inference pairs/s and peak memory")
+    parser.add_argument("--setting", choices=list(SETTINGS), default="fp32", help="the --backbones table's setting")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.loader_images = min(args.steps, 2), min(args.loader_images, 256)
     return args
+
+
+def parse_backbones(text):
+    """"all" or comma-separated backbone names -> a tuple of names from BACKBONES; argparse's error otherwise."""
+    names = BACKBONES if text == "all" else tuple(text.split(","))
+    unknown = [name for name in names if name not in BACKBONES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown backbone {', '.join(unknown)}: choose all or from "
+                                         f"{', '.join(BACKBONES)}")
+    return names
 
 
 def pil_baseline(input_shape):
@@ -150,14 +164,14 @@ def best_seconds(fn, repeats, device):
     return min(times[1:])
 
 
-def time_setting(setting, batch, input_shape, steps, device):
-    """Train then infer with one setting on `batch`; returns pairs/s for both and the training peak memory."""
+def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16"):
+    """Train then infer `backbone` with `setting` on `batch`; returns pairs/s for both and the training peak memory."""
     amp_dtype, channels_last, compile_model = SETTINGS[setting]
     reset_peak_memory(device)
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = SiameseNetwork(input_shape).to(device)
+    model = SiameseNetwork(input_shape, backbone).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compile_model else model
@@ -177,6 +191,16 @@ def time_setting(setting, batch, input_shape, steps, device):
             step_model(first, second)
 
     return {"train": train, "infer": pairs / best_seconds(infer, steps, device), "memory": memory}
+
+
+def print_backbone_table(backbones, setting, batch, input_shape, steps, device):
+    """Time `setting` for each of `backbones` on `batch`; prints a Markdown table, a row as each is measured."""
+    print("| backbone | features | training pairs/s | inference pairs/s | peak memory (training) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for backbone in backbones:
+        r = time_setting(setting, batch, input_shape, steps, device, backbone)
+        print(f"| {backbone} | {flat_features(input_shape, backbone)} | {r['train']:.1f} | {r['infer']:.1f} "
+              f"| {r['memory']:.0f} MiB |", flush=True)
 
 
 @torch.inference_mode()
@@ -236,6 +260,15 @@ def main(args):
     paths, labels, class_names, _ = list_images(args.dataset, args.train_own_data)
     dataset = SiameseDataset(paths, labels, args.input_shape, train=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    if args.backbones:
+        print(f"bench: {name}; Siamese backbones at {args.input_shape[0]}x{args.input_shape[1]}, batch "
+              f"{args.batch_size} items = {2 * args.batch_size} pairs, {args.setting}; best of {args.steps} steps; "
+              f"peak memory: {'allocated' if device.type == 'cuda' else 'resident set'}; torch {torch.__version__}")
+        batch = default_collate(dataset.__getitems__(range(args.batch_size)))
+        reset_peak_memory(device)
+        print(f"before any model: {peak_memory(device):.0f} MiB")  # on the CPU, part of every row's figure
+        print_backbone_table(args.backbones, args.setting, batch, args.input_shape, args.steps, device)
+        return
     print(f"bench: {name}; VGG16 Siamese at {args.input_shape[0]}x{args.input_shape[1]}, batch {args.batch_size} "
           f"items = {2 * args.batch_size} pairs; {len(paths)} images in {len(class_names)} classes "
           f"from {args.dataset}; "

@@ -1,11 +1,11 @@
 """The predictor: loads trained weights and scores how similar two images are."""
 import torch
-from tqdm import tqdm
 
 from nets.siamese import SiameseNetwork, backbone_of, check_input_shape
 from utils.checkpoint import load_exact, load_weights
 from utils.config import parse_bool, show_config
 from utils.images import preprocess
+from utils.loop import embed_images
 
 
 class Siamese:
@@ -40,19 +40,14 @@ class Siamese:
         """A PIL image, uint8 tensor or path -> (3, H, W) float tensor at this model's input size."""
         return preprocess(image, self.input_shape, self.letterbox_image)
 
-    @torch.inference_mode()
     def embed(self, images, batch_size=64, progress=False, desc="embedding"):
         """A list of PIL images, tensors or paths -> (N, flat) float backbone features on the CPU, in batches.
 
-        The one embedding path of prediction, evaluation and gallery search; `progress` shows a tqdm bar.
+        The one embedding path of prediction, evaluation and gallery search (`utils.loop.embed_images`, which
+        training's per-epoch one-shot check uses too); `progress` shows a tqdm bar.
         """
-        chunks = []
-        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-            for start in range(0, len(images), batch_size):
-                batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
-                chunks.append(self.net.embed(batch.to(self.device)).float().cpu())
-                bar.update(len(batch))
-        return torch.cat(chunks) if chunks else torch.empty(0, 0)
+        return embed_images(self.net, images, self.input_shape, self.device, self.letterbox_image, batch_size,
+                            progress, desc)
 
     @torch.inference_mode()
     def score_pairs(self, emb1, emb2):

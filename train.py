@@ -7,6 +7,7 @@ Several GPUs (or CPU processes with gloo): torchrun --nproc_per_node=N train.py 
 """
 import argparse
 import datetime
+import importlib.util
 import math
 import os
 import random
@@ -19,17 +20,19 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from nets.siamese import BACKBONES, SiameseNetwork, check_input_shape
+from nets.siamese import BACKBONES, SiameseNetwork, check_input_shape, flat_features
 from utils import distributed as ddp
 from utils.augment import AUGMENTATIONS
-from utils.callbacks import LossHistory
+from utils.callbacks import LossHistory, TensorBoardLog
 from utils.checkpoint import (IMAGENET_WEIGHTS_URLS, atomic_save, load_checkpoint, load_imagenet_weights,
                               load_matching, load_weights, save_checkpoint, set_rng_state, unwrap)
 from utils.config import config_comments, parse_config, show_config
-from utils.dataloader import NEGATIVES, SPLITS, SiameseDataset, class_groups, list_images, split_indices
+from utils.dataloader import (NEGATIVES, PAIRINGS, SPLITS, ClassBatches, SiameseDataset, class_groups, list_images,
+                              split_indices)
 from utils.distributed import native_bf16
 from utils.errors import ConfigError, DataError, ImageError, NonFiniteLoss, SaveError, WeightsError
 from utils.loop import run_epoch
+from utils.oneshot import evaluate_split
 from utils.rundir import claim_save_dir, release
 from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
 
@@ -48,7 +51,9 @@ split_by = "image"  # "image": the original 90/10 split of images; "class": vali
 train_ratio = 0.9  # share of images (or classes) used for training; the rest validates
 augmentation = "autoaugment"  # "autoaugment" (the original), "affine" (for drawings), "jitter" or "none"
 negatives = "any"  # negative pairs: "any" other class (the original) or "same_group" (same alphabet: harder)
-backbone = "vgg16"  # "vgg16" (the original's weights) or "vgg16_bn" (batch norm: learns from scratch sooner)
+pairing = "items"  # "items": each item a positive and a negative pair (the original); "batch": see images_per_class
+images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
+backbone = "vgg16"  # vgg16 (the original's), vgg16_bn (learns from scratch sooner), resnet18/50, mobilenet_v3_large
 pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded
 resume = ""  # a last.ckpt to continue exactly where it stopped; its config is the default, the command line overrides
@@ -62,6 +67,9 @@ optimizer_type = "sgd"  # "sgd" or "adam"
 momentum = 0.9  # SGD momentum, or Adam's first beta
 weight_decay = 5e-4  # L2 penalty of the optimiser
 lr_decay_type = "cos"  # "cos" or "step"
+oneshot_way = 20  # split_by "class": N-way one-shot accuracy on the unseen validation classes each epoch (0: off)
+best_by = "val_loss"  # what picks best_epoch_weights.pth: "val_loss" (the original) or "oneshot" (split_by "class")
+tensorboard = False  # also write TensorBoard events to save_dir (pip install -r requirements-extras.txt)
 save_period = 10  # write ep###-loss-val_loss.pth every this many epochs
 save_dir = "logs"  # where weights, checkpoints and loss curves go (a resumed run: the checkpoint's folder)
 overwrite = False  # let a new run replace the files of an earlier run in save_dir
@@ -72,15 +80,16 @@ log_interval = 10  # read the loss on the host (progress bar, NaN check) every t
 CONFIG = {k: v for k, v in dict(globals()).items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
+BEST_BY = ("val_loss", "oneshot")
 CHOICES = {"optimizer_type": OPTIMIZERS, "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS,
-           "negatives": NEGATIVES, "backbone": BACKBONES}
+           "negatives": NEGATIVES, "backbone": BACKBONES, "pairing": PAIRINGS, "best_by": BEST_BY}
 PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not taken from a resumed checkpoint
 
 
 def config_error(c):
     """The first problem with config `c` as one line, or None."""
     try:
-        check_input_shape(c.input_shape)
+        check_input_shape(c.input_shape, c.backbone)
     except ValueError as e:
         return str(e)
     numbers = {name: getattr(c, name) for name in ("Init_lr", "Min_lr", "momentum", "weight_decay", "train_ratio")}
@@ -105,19 +114,34 @@ def config_error(c):
         return f"weight_decay {c.weight_decay} must not be negative"
     if c.stop_after < 0:
         return "stop_after must be 0 (no stop) or a number of epochs"
+    if c.pairing == "batch" and not 2 <= c.images_per_class <= c.batch_size // 2:
+        return (f"pairing batch needs images_per_class of at least 2 and batch_size at least twice it "
+                f"(images_per_class {c.images_per_class}, batch_size {c.batch_size})")
+    if c.oneshot_way < 0 or c.oneshot_way == 1:
+        return "oneshot_way must be 0 (off) or at least 2"
+    if c.best_by == "oneshot" and (c.split_by != "class" or not c.oneshot_way):
+        return "best_by oneshot needs split_by class and oneshot_way of at least 2 (one-shot on unseen classes)"
+    if c.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        return "tensorboard = True needs the tensorboard package: pip install -r requirements-extras.txt"
     if c.distributed and not ddp.launched_by_torchrun():
         return "distributed = True needs a launcher: torchrun --nproc_per_node=N train.py ..."
     return memory_error(c)
 
 
+# floats saved for backward per input pixel in a training step: the most saved_tensors_hooks saw at sides 32, 96, 105
+SAVED_PER_PIXEL = {"vgg16": 430, "vgg16_bn": 710, "resnet18": 220, "resnet50": 860, "mobilenet_v3_large": 430}
+
+
 def memory_error(c):
     """A one-line error when one training step of config `c` surely cannot fit in this machine's memory."""
     height, width = c.input_shape
-    # VGG16 keeps about 270 floats of activations per input pixel; backward about doubles it; 4 images per item
-    needed = 270 * height * width * 4 * 3 * 4 * c.batch_size
+    images = c.batch_size * (1 if c.pairing == "batch" else 4)  # an item is 4 images; a class batch, batch_size
+    # float32, the gradients about as large again; the head's first layer, its gradient and momentum
+    needed = SAVED_PER_PIXEL[c.backbone] * height * width * 4 * 2 * images \
+        + flat_features(c.input_shape, c.backbone) * 512 * 4 * 3
     use_cuda = c.Cuda and torch.cuda.is_available()
     total = torch.cuda.mem_get_info()[1] if use_cuda else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if needed > 2 * total:  # the estimate errs high (3.0 GiB measured where it says 4.3): refuse only the hopeless
+    if needed > 2 * total:  # errs high (VGG16: 3.0 GiB measured where it says 4.5): refuse only the hopeless
         return (f"input_shape {c.input_shape} with batch_size {c.batch_size} needs about {needed / 2**30:.0f} GiB "
                 f"for one training step, more than the {total / 2**30:.0f} GiB of this "
                 f"{'GPU' if use_cuda else 'machine'}; lower input_shape or batch_size")
@@ -171,17 +195,19 @@ def parse_train_config(argv=None):
 
 
 def make_loader(dataset, batch_size, num_workers, shuffle, use_cuda):
-    """A DataLoader that splits `dataset` over ranks under DDP; every batch is full."""
+    """A DataLoader that splits `dataset` over ranks under DDP; every batch is full. `batch_size` None:
+    each item is a batch already (`ClassBatches`)."""
     sampler = DistributedSampler(dataset, shuffle=shuffle) if ddp.is_distributed() else None
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers, pin_memory=use_cuda, drop_last=True,
+        num_workers=num_workers, pin_memory=use_cuda, drop_last=batch_size is not None,
         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
     )
 
 
-def load_datasets(c, say, is_main):
-    """List, split and wrap the data of config `c`; returns (train_set, val_set). Raises DataError when unusable."""
+def load_datasets(c, say, is_main, world_size=1):
+    """List, split and wrap the data of config `c` (a `ClassBatches` per rank for pairing "batch");
+    returns (train_set, val_set). Raises DataError when unusable."""
     root = os.path.join(c.dataset_path, "images_background")
     if not os.path.isdir(root):
         raise DataError(
@@ -196,14 +222,18 @@ def load_datasets(c, say, is_main):
         say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
     train_idx, val_idx = split_indices(labels, c.split_by, c.train_ratio, seed=0)
     groups = class_groups(class_names)
-    train_set = SiameseDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], c.input_shape,
-                               train=True, augmentation=c.augmentation, name="training", groups=groups,
-                               negatives=c.negatives)
+    train_paths, train_labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
+    if c.pairing == "batch":
+        train_set = ClassBatches(train_paths, train_labels, c.input_shape, c.batch_size // world_size,
+                                 c.images_per_class, c.augmentation, groups, c.negatives)
+    else:
+        train_set = SiameseDataset(train_paths, train_labels, c.input_shape, train=True, augmentation=c.augmentation,
+                                   name="training", groups=groups, negatives=c.negatives)
     val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c.input_shape,
                              train=False, name="validation", groups=groups, negatives=c.negatives)
-    if len(train_set) < c.batch_size or len(val_set) < c.batch_size:
+    if len(train_idx) < c.batch_size or len(val_idx) < c.batch_size:
         raise DataError(
-            f"dataset too small: {len(train_set)} training and {len(val_set)} validation images for batch_size "
+            f"dataset too small: {len(train_idx)} training and {len(val_idx)} validation images for batch_size "
             f"{c.batch_size}; lower batch_size or add images"
         )
     return train_set, val_set
@@ -223,7 +253,7 @@ def build_model(c, device, channels_last, say):
     if c.pretrained and not c.model_path and not c.resume:
         url = IMAGENET_WEIGHTS_URLS[c.backbone]
         try:
-            model.vgg.load_imagenet(load_imagenet_weights(url=url))
+            model.encoder.load_imagenet(load_imagenet_weights(url=url))
         except RuntimeError as e:  # load_state_dict's missing keys or size mismatch
             reason = str(e).strip().splitlines()[0]
             raise WeightsError(f"model_data/{os.path.basename(url)}: not torchvision's ImageNet {c.backbone} "
@@ -238,18 +268,18 @@ def build_model(c, device, channels_last, say):
     return model
 
 
-def save_weights(c, model, epoch, train, val, best_val_loss, say):
-    """Write the epoch's weight files, named as the original names them; returns the best validation loss so far."""
+def save_weights(c, model, epoch, train, val, history, say):
+    """Write the epoch's weight files, named as the original names them; the best by `c.best_by` so far
+    (from `history`, which holds this epoch) is best_epoch_weights.pth."""
     weights = unwrap(model).state_dict()
     if (epoch + 1) % c.save_period == 0 or epoch + 1 == c.Epoch:
         name = f"ep{epoch + 1:03d}-loss{train['loss']:.3f}-val_loss{val['loss']:.3f}.pth"
         atomic_save(weights, os.path.join(c.save_dir, name))
-    if val["loss"] <= best_val_loss:
-        best_val_loss = val["loss"]
-        say(f"Best validation loss so far: saving {os.path.join(c.save_dir, 'best_epoch_weights.pth')}")
+    if history.is_best(c.best_by):
+        what = "validation loss" if c.best_by == "val_loss" else "validation one-shot accuracy"
+        say(f"Best {what} so far: saving {os.path.join(c.save_dir, 'best_epoch_weights.pth')}")
         atomic_save(weights, os.path.join(c.save_dir, "best_epoch_weights.pth"))
     atomic_save(weights, os.path.join(c.save_dir, "last_epoch_weights.pth"))
-    return best_val_loss
 
 
 def main(c, checkpoint=None):
@@ -283,13 +313,18 @@ def train(c, checkpoint, rank, local_rank, world_size, device, use_cuda):
     if c.batch_size % world_size:
         raise SystemExit(f"batch_size {c.batch_size} must divide evenly over {world_size} processes")
 
-    train_set, val_set = load_datasets(c, say, is_main)
+    train_set, val_set = load_datasets(c, say, is_main, world_size)
     amp_dtype, channels_last = choose_precision(c, device, use_cuda)
     if is_main:
         chosen = {"bf16": amp_dtype == torch.bfloat16, "channels_last": channels_last}
         shown = {k: f"{chosen[k]} ({v})" if v == "auto" else v for k, v in vars(c).items()}
-        show_config(**shown, num_train=len(train_set), num_val=len(val_set), device=f"{device} x {world_size}")
-    epoch_step = len(train_set) // c.batch_size
+        show_config(**shown, num_train=len(train_set.paths), num_val=len(val_set.paths),
+                    device=f"{device} x {world_size}")
+    per_rank_batch = c.batch_size // world_size
+    train_loader = make_loader(train_set, None if c.pairing == "batch" else per_rank_batch, c.num_workers, True,
+                               use_cuda)
+    val_loader = make_loader(val_set, per_rank_batch, c.num_workers, False, use_cuda)
+    epoch_step = len(train_loader)
 
     lr, min_lr = scaled_lr(c.batch_size, c.Init_lr, c.Min_lr, c.optimizer_type)
     total_steps = epoch_step * c.Epoch
@@ -302,29 +337,28 @@ def train(c, checkpoint, rank, local_rank, world_size, device, use_cuda):
     optimizer = make_optimizer(model.parameters(), c.optimizer_type, lr, c.momentum, c.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    start_epoch, best_val_loss = c.Init_Epoch, float("inf")
+    start_epoch = c.Init_Epoch
     log_dir = os.path.join(c.save_dir, "loss_" + datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S"))
-    losses, val_losses = [], []
+    losses, val_losses, oneshots = [], [], []
     if checkpoint:
         unwrap(model).load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, best_val_loss = checkpoint["epoch"], checkpoint["best_val_loss"]
+        start_epoch = checkpoint["epoch"]
         losses, val_losses = checkpoint["losses"], checkpoint["val_losses"]
+        oneshots = checkpoint.get("oneshots", [None] * len(losses))
         log_dir = os.path.join(c.save_dir, os.path.basename(checkpoint["log_dir"]))  # the history moves with the run
         if world_size == 1:  # the random states are rank 0's; other ranks keep their own seeds
             set_rng_state(checkpoint["rng"])
         say(f"Resuming from {c.resume} at epoch {start_epoch + 1}/{c.Epoch}")
-    history = LossHistory(log_dir, losses, val_losses) if is_main else None
+    history = LossHistory(log_dir, losses, val_losses, oneshots) if is_main else None
+    board = TensorBoardLog(log_dir, start_epoch + 1) if is_main and c.tensorboard else None
 
     if world_size > 1:
         if c.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
     train_model = torch.compile(model) if c.compile else model
-    per_rank_batch = c.batch_size // world_size
-    train_loader = make_loader(train_set, per_rank_batch, c.num_workers, True, use_cuda)
-    val_loader = make_loader(val_set, per_rank_batch, c.num_workers, False, use_cuda)
 
     checkpoint_path = os.path.join(c.save_dir, "last.ckpt")
     resume_command = f"python train.py --resume {checkpoint_path}"
@@ -346,21 +380,33 @@ def train(c, checkpoint, rank, local_rank, world_size, device, use_cuda):
             val = run_epoch(train_model, val_loader, device, desc=f"{tag} val", **options)
             if not is_main:
                 continue
+            oneshot, way = None, 0
+            if c.split_by == "class" and c.oneshot_way:  # unseen classes: the accuracy users care about
+                oneshot, way = evaluate_split(unwrap(model), val_set.paths, val_set.labels, c.input_shape, device,
+                                              c.oneshot_way)
             say(f"{tag}: loss {train['loss']:.3f} acc {train['acc']:.3f} | "
-                f"val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}")
-            history.append(train["loss"], val["loss"])
-            best_val_loss = save_weights(c, model, epoch, train, val, best_val_loss, say)
+                f"val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}"
+                + (f" | val {way}-way one-shot {100 * oneshot:.1f}%" if oneshot is not None else ""))
+            history.append(train["loss"], val["loss"], oneshot)
+            if board:
+                board.write(epoch + 1, {"loss/train": train["loss"], "loss/val": val["loss"], "lr": epoch_lr,
+                                        "accuracy/train": train["acc"], "accuracy/val": val["acc"],
+                                        "oneshot/val": oneshot})
+            save_weights(c, model, epoch, train, val, history, say)
             next_epoch = epoch + 1
-            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, best_val_loss, history, log_dir, c)
+            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, history, log_dir, c)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save below
         if is_main:  # the weights as they are now; the resumed run repeats the unfinished epoch from them
-            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, best_val_loss, history, log_dir, c)
+            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, history, log_dir, c)
             print(f"\nInterrupted in epoch {next_epoch + 1}: saved {checkpoint_path}; continue with: {resume_command}",
                   flush=True)
         raise SystemExit(130)
     except NonFiniteLoss as e:
         raise NonFiniteLoss(f"{e}; stopped without saving epoch {next_epoch + 1}'s weights") from None
+    finally:
+        if board:
+            board.close()
     if end_epoch < c.Epoch:
         say(f"Stopped after epoch {end_epoch}/{c.Epoch} (stop_after {c.stop_after}); "
             f"continue with: {resume_command}")

@@ -1,57 +1,105 @@
-"""The Siamese network: a shared VGG16 backbone and a head on |f1 - f2|."""
+"""The Siamese network: a shared backbone (VGG16 by default) and a head on |f1 - f2|."""
 import torch
 from torch import nn
 
+from nets.backbones import MobileNetBackbone, ResNetBackbone
 from nets.vgg import VGG16Backbone
 
-MIN_SIDE = 32  # VGG16 halves the input five times
-BACKBONES = ("vgg16", "vgg16_bn")
+MIN_SIDE = 32  # every backbone halves the input five times: below 32 VGG16's map is empty, the others' one padded pixel
+BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet50", "mobilenet_v3_large")
+FEATURE_CHANNELS = {"vgg16": 512, "vgg16_bn": 512, "resnet18": 512, "resnet50": 2048, "mobilenet_v3_large": 960}
 
 
-def check_input_shape(input_shape):
-    """Raise ValueError unless `input_shape` is [height, width] with both sides at least 32 pixels."""
+def check_input_shape(input_shape, backbone=None):
+    """Raise ValueError unless `input_shape` is [height, width] with both sides at least 32 pixels.
+
+    `backbone` (a name in BACKBONES, or None before it is known) is named in the message.
+    """
     if len(input_shape) != 2 or min(input_shape) < MIN_SIDE:
-        raise ValueError(f"input_shape {list(input_shape)}: each side must be at least {MIN_SIDE} for VGG16")
+        raise ValueError(f"input_shape {list(input_shape)}: each side must be at least {MIN_SIDE} "
+                         f"for {backbone or 'every backbone'}")
+
+
+def module_name(backbone):
+    """The SiameseNetwork attribute holding `backbone`: "vgg" for both VGG16s (the original's keys), else its name."""
+    return "vgg" if backbone.startswith("vgg") else backbone
 
 
 def backbone_of(state):
-    """"vgg16_bn" when a state dict holds batch-norm statistics, else "vgg16" (the original's)."""
+    """The backbone name whose weights the state dict `state` holds, read from its keys alone.
+
+    A key's first name is the backbone's attribute (`resnet18.conv1.weight`); `vgg.*` is "vgg16_bn" when it
+    holds batch-norm statistics, else "vgg16" (the original's), which is also the answer for unknown keys,
+    so that loading them names the keys missing.
+    """
+    names = {key.split(".")[0] for key in state}
+    named = [backbone for backbone in BACKBONES if backbone in names]  # VGG16s sit under "vgg", never their name
+    if named:
+        return named[0]
     return "vgg16_bn" if any(key.endswith("running_mean") for key in state) else "vgg16"
 
 
-def flat_features(input_shape):
-    """Length of the flattened VGG16 feature map for an (H, W) input: 512 * (H//32) * (W//32)."""
+def flat_features(input_shape, backbone="vgg16"):
+    """Length of `backbone`'s flattened feature map for an (H, W) input: channels * (H/32) * (W/32).
+
+    VGG16's max-pools round each halving down (512 * (H//32) * (W//32)); the others' padded strided
+    convolutions round it up.
+    """
     height, width = input_shape
-    return 512 * (height // 32) * (width // 32)
+    if backbone.startswith("vgg"):
+        return FEATURE_CHANNELS[backbone] * (height // 32) * (width // 32)
+    return FEATURE_CHANNELS[backbone] * -(-height // 32) * -(-width // 32)
+
+
+def make_backbone(backbone):
+    """A `backbone` feature extractor (a name in BACKBONES) with random weights and a `load_imagenet(state)` method."""
+    if backbone.startswith("vgg"):
+        return VGG16Backbone(batch_norm=backbone == "vgg16_bn")
+    if backbone.startswith("resnet"):
+        return ResNetBackbone(backbone)
+    return MobileNetBackbone(backbone)
 
 
 class SiameseNetwork(nn.Module):
     """Scores a pair of image batches; one logit per pair (sigmoid gives the similarity).
 
-    State-dict keys: `vgg.features.<i>.*`, `fully_connect1.*`, `fully_connect2.*`, the same as
-    the original repository, so its weights load here unchanged and ours load there. `backbone`
-    "vgg16_bn" adds batch norms (other feature indices, so those weights are ours alone).
+    State-dict keys for `backbone` "vgg16": `vgg.features.<i>.*`, `fully_connect1.*`, `fully_connect2.*`,
+    the same as the original repository, so its weights load here unchanged and ours load there.
+    "vgg16_bn" adds batch norms (other feature indices, so those weights are ours alone); torchvision's
+    "resnet18", "resnet50" and "mobilenet_v3_large" sit under an attribute of their own name
+    (`resnet18.layer1.0.conv1.weight`, ...). `encoder` is the backbone module whichever it is.
     """
 
     def __init__(self, input_shape=(105, 105), backbone="vgg16"):
         super().__init__()
-        check_input_shape(input_shape)
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        check_input_shape(input_shape, backbone)
         self.backbone = backbone
-        self.vgg = VGG16Backbone(batch_norm=backbone == "vgg16_bn")
-        self.fully_connect1 = nn.Linear(flat_features(input_shape), 512)
+        self.add_module(module_name(backbone), make_backbone(backbone))
+        self.fully_connect1 = nn.Linear(flat_features(input_shape, backbone), 512)
         self.fully_connect2 = nn.Linear(512, 1)
+
+    @property
+    def encoder(self):
+        """The backbone module: `self.vgg`, `self.resnet18`, `self.resnet50` or `self.mobilenet_v3_large`."""
+        return getattr(self, module_name(self.backbone))
 
     def embed(self, images):
         """(N, 3, H, W) float images in [0, 1] -> (N, flat) flattened backbone features."""
-        return torch.flatten(self.vgg(images), 1)
+        return torch.flatten(self.encoder(images), 1)
 
     def score(self, emb1, emb2):
         """Two (N, flat) embeddings -> (N, 1) logits; the head alone, no backbone."""
         return self.fully_connect2(self.fully_connect1(torch.abs(emb1 - emb2)))
 
-    def forward(self, images1, images2):
-        """Two (N, 3, H, W) batches -> (N, 1) logits; both go through the backbone in one call."""
-        emb1, emb2 = self.embed(torch.cat([images1, images2])).chunk(2)
-        return self.score(emb1, emb2)
+    def forward(self, images1, images2=None, pairs=None):
+        """Two (N, 3, H, W) batches -> (N, 1) logits of the pairs (images1[i], images2[i]); both go through
+        the backbone in one call. Or one batch and `pairs`, a (2, P) index tensor -> (P, 1) logits of the
+        pairs (images1[pairs[0, k]], images1[pairs[1, k]]), each image through the backbone once."""
+        if images2 is None:
+            emb = self.embed(images1)
+            return self.score(emb[pairs[0]], emb[pairs[1]])
+        emb = self.embed(torch.cat([images1, images2]))
+        count = images1.shape[0]  # a slice, not chunk(2): traced for export, the batch size stays free
+        return self.score(emb[:count], emb[count:])

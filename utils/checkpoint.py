@@ -1,4 +1,5 @@
 """Weights on disk: safe loading, atomic saving, ImageNet weights, and the checkpoint used to resume a run."""
+import contextlib
 import io
 import os
 import pickle
@@ -7,37 +8,39 @@ import tempfile
 
 import numpy as np
 import torch
-from torchvision.models import VGG16_BN_Weights, VGG16_Weights
+from torchvision.models import (MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet50_Weights, VGG16_BN_Weights,
+                                VGG16_Weights)
 
 from utils.errors import SaveError, WeightsError
 
-IMAGENET_WEIGHTS_URLS = {  # torchvision's files: vgg16-397923af.pth, vgg16_bn-6c64b313.pth
-    "vgg16": VGG16_Weights.IMAGENET1K_V1.url,
-    "vgg16_bn": VGG16_BN_Weights.IMAGENET1K_V1.url,
+IMAGENET_WEIGHTS_URLS = {  # torchvision's IMAGENET1K_V1 files, kept in model_data/ under their own names
+    "vgg16": VGG16_Weights.IMAGENET1K_V1.url,  # vgg16-397923af.pth
+    "vgg16_bn": VGG16_BN_Weights.IMAGENET1K_V1.url,  # vgg16_bn-6c64b313.pth
+    "resnet18": ResNet18_Weights.IMAGENET1K_V1.url,  # resnet18-f37072fd.pth
+    "resnet50": ResNet50_Weights.IMAGENET1K_V1.url,  # resnet50-0676ba61.pth
+    "mobilenet_v3_large": MobileNet_V3_Large_Weights.IMAGENET1K_V1.url,  # mobilenet_v3_large-8738ca79.pth
 }
 
 
 TEMPORARY_PREFIX = ".tmp-"  # then the writer's pid: a later run can tell a dead writer's leftovers
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file.
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """A temporary name beside `path` for the `with` block to write; renamed to `path` when the block ends
+    without error, deleted otherwise (Ctrl-C too), so a crash never leaves half a file.
 
-    The file gets the permissions a plain `open` would give (the umask applied to 0o666). Raises
-    SaveError naming `path` when it cannot be written (a full disk, no permission); `path` is then untouched.
+    The file gets the permissions a plain `open` would give (the umask applied to 0o666). Raises SaveError
+    naming `path` when it cannot be written (a full disk, no permission); `path` is then untouched.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    data = io.BytesIO()
-    torch.save(obj, data)  # in memory first: torch.save reports a failed file write as an opaque RuntimeError
     tmp = None
     try:
+        folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".pth")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=suffix)
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException as e:
         if tmp and os.path.exists(tmp):
@@ -45,6 +48,33 @@ def atomic_save(obj, path):
         if isinstance(e, OSError):
             raise SaveError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def atomic_write(data, path):
+    """Write the bytes `data` to `path` through `atomic_path`, synced to disk before the rename."""
+    with atomic_path(path, os.path.splitext(path)[1]) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_save(obj, path):
+    """torch.save `obj` to `path` through `atomic_write`; raises SaveError naming `path` when it cannot be written."""
+    data = io.BytesIO()
+    torch.save(obj, data)  # in memory first: torch.save reports a failed file write as an opaque RuntimeError
+    atomic_write(data.getbuffer(), path)
+
+
+def output_problem(path, option):
+    """Why command-line `option` (e.g. "--out") cannot name the file `path` to write, in one line; "" when it can."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"{option} {path}: is a directory; name a file in it"
+    if not os.path.isdir(folder):
+        return f"{option} {path}: no such folder {folder}"
+    if not os.access(folder, os.W_OK):
+        return f"{option} {path}: folder {folder} is not writable"
+    return ""
 
 
 def current_umask():
@@ -99,19 +129,19 @@ def safe_load(path):
 
 
 def load_imagenet_weights(model_dir="model_data", url=IMAGENET_WEIGHTS_URLS["vgg16"]):
-    """torchvision's ImageNet VGG16 state dict from `url` (see IMAGENET_WEIGHTS_URLS).
+    """torchvision's ImageNet state dict from `url` (one of IMAGENET_WEIGHTS_URLS, VGG16's by default).
 
-    Looks for the file in `model_dir` first, downloads it there through torch's hub machinery
-    second, and raises a WeightsError saying where to put it third.
+    Looks for the file (the URL's file name) in `model_dir` first, downloads it there through torch's
+    hub machinery second, and raises a WeightsError naming the file and where to put it third.
     """
     try:
         return torch.hub.load_state_dict_from_url(url, model_dir=model_dir, map_location="cpu", progress=True,
                                                   weights_only=True)
     except Exception as e:  # urllib, hash and unpickling errors all mean the same to the user
-        target = os.path.join(model_dir, os.path.basename(url))
+        name = os.path.basename(url)
         raise WeightsError(
-            f"cannot load ImageNet VGG16 weights ({type(e).__name__}: {e}); put {os.path.basename(url)} "
-            f"at {target} (from {url}) or set pretrained = False"
+            f"cannot load ImageNet weights {name} ({type(e).__name__}: {e}); put {name} "
+            f"at {os.path.join(model_dir, name)} (from {url}) or set pretrained = False"
         ) from None
 
 
@@ -158,7 +188,7 @@ def load_exact(model, state, path):
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise WeightsError(
-            f"{path}: not Siamese VGG16 weights (missing {len(missing)} keys, e.g. {missing[:2]}; "
+            f"{path}: not Siamese {model.backbone} weights (missing {len(missing)} keys, e.g. {missing[:2]}; "
             f"unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
         )
     for key, value in state.items():
@@ -192,7 +222,7 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, model, optimizer, scaler, epoch, best_val_loss, history, log_dir, config):
+def save_checkpoint(path, model, optimizer, scaler, epoch, history, log_dir, config):
     """Write a resumable training checkpoint atomically; `epoch` is the next epoch to run."""
     atomic_save(
         {
@@ -200,9 +230,9 @@ def save_checkpoint(path, model, optimizer, scaler, epoch, best_val_loss, histor
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "epoch": epoch,
-            "best_val_loss": best_val_loss,
             "losses": list(history.losses),
             "val_losses": list(history.val_losses),
+            "oneshots": list(history.oneshots),
             "log_dir": log_dir,
             "rng": rng_state(),
             "config": dict(vars(config)),

@@ -1,4 +1,4 @@
-"""Listing images by class, splitting them, and sampling labelled pairs for training."""
+"""Listing images by class, splitting them, and sampling labelled pairs (or whole class batches) for training."""
 import os
 import random
 import sys
@@ -13,6 +13,7 @@ from utils.images import eval_transform, is_image_file, load_image, verify_image
 
 SPLITS = ("image", "class")
 NEGATIVES = ("any", "same_group")
+PAIRINGS = ("items", "batch")
 
 
 def class_groups(class_names):
@@ -134,6 +135,14 @@ def split_indices(labels, split_by="image", train_ratio=0.9, seed=0):
     raise ValueError(f"unknown split_by {split_by!r}; choose one of {', '.join(SPLITS)}")
 
 
+def batch_transform(input_shape, train=True, augmentation="autoaugment"):
+    """What turns a list of decoded uint8 images into one uint8 (N, 3, H, W) batch: the training
+    `augmentation` (AutoAugment batched), or the validation resize when not `train`."""
+    if train and augmentation == "autoaugment":
+        return BatchAutoAugment(input_shape)
+    return PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
+
+
 class SiameseDataset(Dataset):
     """Each item is two labelled pairs: (a, b) of one class -> 1, (c, d) of two classes -> 0.
 
@@ -149,12 +158,8 @@ class SiameseDataset(Dataset):
 
     def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset",
                  groups=None, negatives="any"):
-        self.paths, self.input_shape = list(paths), list(input_shape)
-        if train and augmentation == "autoaugment":
-            self.transform = BatchAutoAugment(input_shape)
-        else:
-            per_image = train_transform(input_shape, augmentation) if train else eval_transform(input_shape)
-            self.transform = PerImage(per_image)
+        self.paths, self.labels, self.input_shape = list(paths), list(labels), list(input_shape)
+        self.transform = batch_transform(input_shape, train, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
         self.classes = sorted(self.by_class)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
@@ -207,3 +212,49 @@ class SiameseDataset(Dataset):
 
     def __getitem__(self, index):
         return self.__getitems__([index])[0]
+
+
+class ClassBatches(Dataset):
+    """Each item is one whole training batch for `pairing = "batch"`: `batch_size // images_per_class`
+    classes with `images_per_class` images each, of which the loop scores every pair.
+
+    The classes of a batch come from one group (alphabet) with `negatives` "same_group", drawn with
+    probability by the group's size; groups with a single class are left out, and when none has two
+    classes all classes form one group. A class with fewer images gives all it has (at least 2).
+    Items are random draws; `len` is the number of steps in an epoch, about one pass over the images.
+    Returns images (B, 3, H, W) uint8 and their class labels (B,) int64.
+    """
+
+    def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
+                 groups=None, negatives="any", name="training"):
+        self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
+        self.transform = batch_transform(input_shape, True, augmentation)
+        self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
+        classes = [c for c in sorted(self.by_class) if len(self.by_class[c]) >= 2]
+        if len(classes) < 2:
+            raise DataError(f"the {name} split has {len(classes)} class(es) with at least 2 images; "
+                            f"pairing batch needs at least 2")
+        pools = defaultdict(list)
+        for c in classes:
+            pools[groups[c] if negatives == "same_group" and groups is not None else ""].append(c)
+        self.pools = [pool for _, pool in sorted(pools.items()) if len(pool) >= 2] or [classes]
+        self.pool_weights = [len(pool) for pool in self.pools]
+        self.classes_per_batch = max(2, batch_size // images_per_class)
+
+    def __len__(self):
+        return max(1, len(self.paths) // self.batch_size)
+
+    def sample_batch(self):
+        """Draw the paths of one batch and their class labels, grouped by class."""
+        pool = random.choices(self.pools, self.pool_weights)[0]
+        paths, labels = [], []
+        for c in random.sample(pool, min(self.classes_per_batch, len(pool))):
+            drawn = random.sample(self.by_class[c], min(self.images_per_class, len(self.by_class[c])))
+            paths += drawn
+            labels += [c] * len(drawn)
+        return paths, labels
+
+    def __getitem__(self, index):
+        paths, labels = self.sample_batch()
+        images = self.transform([load_image(path, keep_grey=True) for path in paths])
+        return images, torch.tensor(labels)

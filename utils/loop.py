@@ -1,4 +1,4 @@
-"""One pass over a loader: the training step and the validation pass, with tqdm bars."""
+"""One pass over a loader (the training step and the validation pass, with tqdm bars), and embedding images."""
 import math
 
 import torch
@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from utils.distributed import all_ranks_finite, all_reduce_sum
 from utils.errors import NonFiniteLoss
-from utils.images import to_float
+from utils.images import preprocess, to_float
 
 
 def split_pairs(images, labels, device, channels_last=False):
@@ -19,6 +19,30 @@ def split_pairs(images, labels, device, channels_last=False):
     first = images[:, 0].contiguous(memory_format=memory_format)
     second = images[:, 1].contiguous(memory_format=memory_format)
     return first, second, labels
+
+
+def score_batch(model, images, labels, device, channels_last=False):
+    """A batch from the loader -> (logits, targets) of its pairs, both (P,) on `device`.
+
+    Pair items (`SiameseDataset`: images 6-D) give their 2B pairs; a class batch (`ClassBatches`:
+    images (B, 3, H, W), labels the classes) gives all B(B-1)/2 pairs, each image through the backbone once.
+    """
+    if images.dim() == 6:
+        first, second, targets = split_pairs(images, labels, device, channels_last)
+        return model(first, second).squeeze(1), targets
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = to_float(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+    labels = labels.to(device, non_blocking=True)
+    pairs = torch.triu_indices(len(labels), len(labels), 1, device=device)
+    return model(images, pairs=pairs).squeeze(1), (labels[pairs[0]] == labels[pairs[1]]).float()
+
+
+def balanced_weights(targets):
+    """(P,) weights summing to 1 with which positives and negatives count half each; a plain mean for
+    balanced pair items."""
+    positives = targets.sum()
+    negatives = len(targets) - positives
+    return torch.where(targets > 0.5, 0.5 / positives.clamp(min=1), 0.5 / negatives.clamp(min=1))
 
 
 NOT_LEARNING_HINT = ("from scratch, try --backbone vgg16_bn, or --optimizer_type adam --Init_lr 1e-3 "
@@ -37,29 +61,30 @@ def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None
     The running sums stay on the device; the host reads them, and every rank checks they are finite,
     only every `log_interval` steps and at the end. At the first reading from step `check_learning_at`
     on, a warning is printed when the last `log_interval` steps look like no learning (`not_learning`).
-    Returns {"loss": mean BCE per pair, "acc": fraction of pairs whose rounded sigmoid equals the
-    label}, summed over all ranks. Raises NonFiniteLoss when the loss became NaN or inf.
+    Returns {"loss": BCE per pair, "acc": fraction of pairs whose rounded sigmoid equals the label},
+    with positive and negative pairs weighted equally (`balanced_weights`) and averaged over the steps of
+    all ranks. Raises NonFiniteLoss when the loss became NaN or inf.
     """
     training = optimizer is not None
     model.train(training)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count, last = 0, (0.0, 0, 0)  # (loss sum, correct, count) at the previous reading
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    count, last = 0, (0.0, 0.0, 0)  # (loss sum, accuracy sum, steps) at the previous reading
     bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True)
     for step, (images, labels) in enumerate(bar, 1):
-        first, second, labels = split_pairs(images, labels, device, channels_last)
         with torch.set_grad_enabled(training), \
                 torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(first, second).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+            logits, targets = score_batch(model, images, labels, device, channels_last)
+        weights = balanced_weights(targets)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, weights, reduction="sum")
         if training:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-        loss_sum += loss.detach() * len(labels)
-        correct += ((logits.detach() > 0) == (labels > 0.5)).sum()
-        count += len(labels)
+        loss_sum += loss.detach()
+        correct += (weights * ((logits.detach() > 0) == (targets > 0.5))).sum()
+        count += 1
         if step % log_interval == 0 or step == len(loader):
             check_finite(loss_sum, f"{desc}: the loss became {{}} by step {step}; lower Init_lr or check the data")
             now = (loss_sum.item(), correct.item(), count)
@@ -81,3 +106,22 @@ def check_finite(loss_sum, message):
     """Raise NonFiniteLoss with `message` (formatted with the value) unless `loss_sum` is finite on every rank."""
     if not all_ranks_finite(loss_sum):
         raise NonFiniteLoss(message.format(loss_sum.item()))
+
+
+@torch.inference_mode()
+def embed_images(net, images, input_shape, device, letterbox_image=False, batch_size=64, progress=False,
+                 desc="embedding"):
+    """A list of PIL images, uint8 tensors or paths -> (N, flat) float32 features of `net.embed` on the CPU.
+
+    Each image gets `preprocess` at `input_shape`, `batch_size` at a time; `progress` shows a tqdm bar.
+    The one embedding path of prediction, evaluation, gallery search and the per-epoch one-shot check;
+    `net` should be in eval mode.
+    """
+    chunks = []
+    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([preprocess(image, input_shape, letterbox_image)
+                                 for image in images[start:start + batch_size]])
+            chunks.append(net.embed(batch.to(device)).float().cpu())
+            bar.update(len(batch))
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)

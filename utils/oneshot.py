@@ -15,6 +15,7 @@ import torch
 from utils.dataloader import class_groups, indices_by_class, list_images
 from utils.errors import DataError
 from utils.images import is_image_file
+from utils.loop import embed_images
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -124,6 +125,27 @@ def evaluate_embedded(paths, labels, groups, embed_fn, score_fn, way=20, shot=1,
     accuracy, ci95 = mean_ci(run_tasks(tasks, embeddings, score_fn, seed))
     return {"accuracy": accuracy, "ci95": ci95, "chance": 1.0 / way, "trials": trials, "way": way,
             "shot": shot, "within_alphabet": within_alphabet, "images": len(used)}
+
+
+def evaluate_split(net, paths, labels, input_shape, device, way=20, trials=400, seed=0):
+    """`way`-way one-shot accuracy of a training network on labelled image paths (the unseen validation
+    classes), across all of them; `way` is capped at the number of classes with 2 images or more.
+
+    Returns (accuracy, way), or (None, way) when fewer than 2 classes can take part. Leaves `net` in eval mode.
+    """
+    way = min(way, sum(1 for rows in indices_by_class(labels).values() if len(rows) >= 2))
+    if way < 2:
+        return None, way
+    net.eval()
+
+    def score(emb1, emb2):  # logits rank the candidates as the probabilities do
+        return net.score(emb1.to(device), emb2.to(device)).squeeze(1).float().cpu()
+
+    with torch.inference_mode():
+        result = evaluate_embedded(paths, labels, [""] * (max(labels) + 1),
+                                   lambda images: embed_images(net, images, input_shape, device),
+                                   score, way, 1, trials, False, seed)
+    return result["accuracy"], way
 
 
 def evaluate_folder(predictor, folder, way=20, shot=1, trials=400, within_alphabet=False, seed=0, own_data=None,

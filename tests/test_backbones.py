@@ -1,0 +1,158 @@
+"""Every backbone trains, saves, is recognised by its weights, predicts alike and loads torchvision's ImageNet file."""
+import os
+import re
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TRAIN, make_subset, png, run
+from torchvision import models
+from torchvision.models.vgg import cfgs, make_layers
+
+import train
+from nets.siamese import BACKBONES, SiameseNetwork, backbone_of, flat_features
+from siamese import Siamese
+from utils.checkpoint import IMAGENET_WEIGHTS_URLS, load_weights
+from utils.errors import WeightsError
+from utils.images import preprocess
+
+SHAPE = [32, 32]
+CPU = torch.device("cpu")
+
+
+def train_one_step(model):
+    """One SGD step of `model` on a random pair batch (BCE on the logits); returns the step's loss."""
+    images_1, images_2 = torch.rand(4, 3, *SHAPE), torch.rand(4, 3, *SHAPE)
+    labels = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = F.binary_cross_entropy_with_logits(model.train()(images_1, images_2), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_one_step_saves_and_the_predictor_recognises_it(backbone, tmp_path):
+    torch.manual_seed(0)
+    model = SiameseNetwork(SHAPE, backbone)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    assert torch.isfinite(torch.tensor(train_one_step(model)))
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    first_conv = next(k for k in before if k.endswith("weight"))
+    assert {first_conv, "fully_connect1.weight"} <= changed
+
+    path = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), path)
+    assert backbone_of(load_weights(str(path))) == backbone
+    predictor = Siamese(model_path=str(path), input_shape=SHAPE, cuda=False, verbose=False)
+    assert predictor.net.backbone == backbone
+    images = [png(tmp_path / "a.png", seed=1), png(tmp_path / "b.png", seed=2)]
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(*[preprocess(p, SHAPE).unsqueeze(0) for p in images])).item()
+    assert predictor.similarity(*images) == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(WeightsError, match=r"fully_connect1.weight .*input_shape the weights were trained at"):
+        Siamese(model_path=str(path), input_shape=[64, 64], cuda=False, verbose=False)
+
+
+def test_unknown_weights_are_named_as_not_siamese(tmp_path):
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match=r"other.pth: not Siamese vgg16 weights \(missing 30 keys"):
+        Siamese(model_path=str(tmp_path / "other.pth"), input_shape=SHAPE, cuda=False, verbose=False)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_flat_features_follow_the_backbone_and_input_size(backbone):
+    shape = (33, 70)  # not multiples of 32: VGG16's pools round down, the strided convolutions round up
+    with torch.no_grad():
+        emb = SiameseNetwork(shape, backbone).eval().embed(torch.zeros(1, 3, *shape))
+    assert emb.shape == (1, flat_features(shape, backbone))
+
+
+def torchvision_imagenet_state(backbone):
+    """A state dict as torchvision's ImageNet file for `backbone` holds, with random weights."""
+    if backbone.startswith("vgg"):  # the classifier (120M parameters, seconds to build) is left out: loading skips it
+        features = make_layers(cfgs["D"], batch_norm=backbone == "vgg16_bn")
+        return {f"features.{k}": v for k, v in features.state_dict().items()}
+    return getattr(models, backbone)(weights=None).state_dict()
+
+
+def pretrained_config(backbone):
+    config, _ = train.parse_train_config(["--backbone", backbone, "--input_shape", *map(str, SHAPE), "--Cuda", "False"])
+    assert config.pretrained
+    return config
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_imagenet_weights_load_from_model_data_under_torchvisions_name(backbone, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = os.path.basename(IMAGENET_WEIGHTS_URLS[backbone])
+    assert re.fullmatch(rf"{backbone}-[0-9a-f]{{8}}\.pth", name)
+    (tmp_path / "model_data").mkdir()
+    state = torchvision_imagenet_state(backbone)
+    torch.save(state, tmp_path / "model_data" / name)
+    model = train.build_model(pretrained_config(backbone), CPU, False, print)
+    copied = model.encoder.state_dict()
+    assert copied.keys() <= state.keys()
+    assert all(torch.equal(value, state[key]) for key, value in copied.items())
+
+    torch.save({"features.0.weight": torch.zeros(3, 3)}, tmp_path / "model_data" / name)
+    with pytest.raises(WeightsError) as wrong:
+        train.build_model(pretrained_config(backbone), CPU, False, print)
+    assert str(wrong.value).startswith(f"model_data/{name}: not torchvision's ImageNet {backbone} weights")
+    assert "\n" not in str(wrong.value)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_missing_imagenet_weights_offline_name_the_file(backbone, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dead_proxy = "http://127.0.0.1:9"  # nothing listens there: every download fails at once, as offline
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": dead_proxy, "https": dead_proxy}))
+    monkeypatch.setattr(urllib.request, "_opener", opener)  # what urlopen, and so torch.hub, uses
+    name = os.path.basename(IMAGENET_WEIGHTS_URLS[backbone])
+    with pytest.raises(WeightsError) as offline:
+        train.build_model(pretrained_config(backbone), CPU, False, print)
+    message = str(offline.value)
+    assert f"cannot load ImageNet weights {name}" in message and f"put {name} at model_data/{name}" in message
+    assert "\n" not in message and not (tmp_path / "model_data" / name).exists()
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_memory_check_refuses_only_the_hopeless(backbone):
+    config = SimpleNamespace(input_shape=[64, 64], batch_size=8, Cuda=False, backbone=backbone, pairing="items")
+    assert train.memory_error(config) is None
+    config.input_shape, config.batch_size = [100000, 32], 256
+    assert "lower input_shape or batch_size" in train.memory_error(config)
+
+
+def test_train_py_runs_resnet18_end_to_end_and_its_resume_keeps_the_backbone(small1, tmp_path, capsys):
+    data = make_subset(small1, tmp_path / "dataset", alphabets=1, characters=4, drawers=4)
+    save_dir = tmp_path / "logs"
+    result = run("train.py", "--dataset_path", data, "--train_ratio", 0.5, "--Epoch", 1, "--save_dir", save_dir,
+                 *TRAIN, "--backbone", "resnet18", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    weights = load_weights(str(save_dir / "best_epoch_weights.pth"))
+    assert "resnet18.layer4.1.conv2.weight" in weights and backbone_of(weights) == "resnet18"
+    assert Siamese(model_path=str(save_dir / "best_epoch_weights.pth"), input_shape=SHAPE, cuda=False,
+                   verbose=False).net.backbone == "resnet18"
+    with pytest.raises(SystemExit) as stop:
+        train.parse_train_config(["--resume", str(save_dir / "last.ckpt"), "--Epoch", "3", "--backbone", "vgg16"])
+    assert stop.value.code == 2 and "--backbone vgg16 differs from resnet18" in capsys.readouterr().err
+
+
+def test_bench_prints_a_row_per_backbone(omniglot_subset, capsys):
+    import bench
+
+    assert bench.parse_backbones("all") == BACKBONES
+    args = bench.parse_args(["--backbones", "resnet18,mobilenet_v3_large", "--dataset", str(omniglot_subset),
+                             "--input_shape", "32", "32", "--batch_size", "2", "--steps", "1", "--device", "cpu"])
+    bench.main(args)
+    out = capsys.readouterr().out
+    for backbone in ("resnet18", "mobilenet_v3_large"):
+        row = re.search(rf"^\| {backbone} \| (\d+) \| ([\d.]+) \| ([\d.]+) \| (\d+) MiB \|$", out, re.M)
+        assert row and all(float(x) > 0 for x in row.groups()), out
+    assert "| vgg16 |" not in out
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--backbones", "resnet"])

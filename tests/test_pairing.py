@@ -1,0 +1,153 @@
+"""Class batches scored on every pair, balanced pair weights, and the per-epoch one-shot check."""
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import ENV, ROOT, TRAIN, make_subset
+
+from nets.siamese import SiameseNetwork
+from utils.callbacks import LossHistory
+from utils.dataloader import ClassBatches, class_groups, list_images
+from utils.loop import balanced_weights, embed_images, score_batch
+from utils.oneshot import evaluate_split
+
+
+@pytest.fixture
+def listed(omniglot_subset):
+    paths, labels, names, _ = list_images(omniglot_subset)
+    return paths, labels, class_groups(names)
+
+
+def test_class_batches_hold_classes_of_one_alphabet_with_their_images(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
+                           groups=groups, negatives="same_group")
+    assert len(batches) == len(paths) // 16
+    label_of = dict(zip(paths, labels))
+    random.seed(0)
+    for _ in range(20):
+        drawn, drawn_labels = batches.sample_batch()
+        assert [label_of[p] for p in drawn] == drawn_labels  # each label is its image's class
+        assert len(set(drawn)) == 16 and len(set(drawn_labels)) == 4
+        assert all(drawn_labels.count(c) == 4 for c in set(drawn_labels))
+        assert len({groups[c] for c in drawn_labels}) == 1
+    images, classes = batches[0]
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and classes.shape == (16,)
+
+
+def test_class_batches_mix_alphabets_with_any_negatives(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=2, groups=groups)
+    random.seed(0)
+    mixed = [len({groups[c] for c in batches.sample_batch()[1]}) > 1 for _ in range(20)]
+    assert any(mixed)
+
+
+def test_every_pair_of_a_class_batch_is_scored_as_the_pair_forward_scores_it():
+    torch.manual_seed(0)
+    model = SiameseNetwork((32, 32), "vgg16_bn").eval()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    classes = torch.tensor([3, 3, 5, 5, 7, 7])
+    with torch.no_grad():
+        logits, targets = score_batch(model, images, classes, torch.device("cpu"))
+        first, second = torch.triu_indices(6, 6, 1)
+        as_pairs = model(images[first].float() / 255, images[second].float() / 255).squeeze(1)
+    assert logits.shape == targets.shape == (15,)
+    assert targets.tolist() == [float(classes[i] == classes[j]) for i, j in zip(first, second)]
+    torch.testing.assert_close(logits, as_pairs, atol=1e-4, rtol=1e-4)
+
+
+def test_balanced_weights_give_positives_and_negatives_half_each():
+    targets = torch.tensor([1.0, 0, 0, 0, 0, 1, 0])
+    weights = balanced_weights(targets)
+    assert weights[targets == 1].sum().item() == pytest.approx(0.5)
+    assert weights[targets == 0].sum().item() == pytest.approx(0.5)
+    logits = torch.randn(7)
+    loss = F.binary_cross_entropy_with_logits(logits, targets, weights, reduction="sum")
+    each = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    assert loss.item() == pytest.approx(0.5 * each[targets == 1].mean().item() + 0.5 * each[targets == 0].mean().item())
+    balanced = torch.tensor([1.0, 0.0] * 4)  # pair items: the plain mean, as before
+    assert torch.allclose(balanced_weights(balanced), torch.full((8,), 1 / 8))
+
+
+class ClassIndicator(torch.nn.Module):
+    """A stand-in network whose embedding is the mean intensity: classes drawn as distinct greys are told apart."""
+
+    def embed(self, images):
+        return images.mean((1, 2, 3))[:, None]
+
+    def score(self, emb1, emb2):
+        return -(emb1 - emb2).abs()
+
+
+def test_validation_one_shot_is_perfect_for_a_separating_embedding_and_caps_the_way(tmp_path):
+    from PIL import Image
+
+    paths, labels = [], []
+    for c in range(5):
+        for k in range(3):
+            path = tmp_path / f"{c}_{k}.png"
+            Image.new("L", (40, 40), 40 * c + 20).save(path)
+            paths.append(str(path))
+            labels.append(c)
+    accuracy, way = evaluate_split(ClassIndicator(), paths, labels, (32, 32), torch.device("cpu"), way=20, trials=50)
+    assert way == 5 and accuracy == 1.0
+    assert evaluate_split(ClassIndicator(), paths[:3], labels[:3], (32, 32), torch.device("cpu")) == (None, 1)
+
+
+def test_embed_images_matches_the_network_on_preprocessed_images(tmp_path):
+    from PIL import Image
+
+    from utils.images import preprocess
+
+    path = tmp_path / "a.png"
+    Image.effect_noise((50, 40), 60).convert("RGB").save(path)
+    model = SiameseNetwork((32, 32)).eval()
+    embedded = embed_images(model, [str(path)] * 3, (32, 32), torch.device("cpu"), batch_size=2)
+    with torch.no_grad():
+        direct = model.embed(preprocess(str(path), (32, 32))[None])
+    assert embedded.shape == (3, 512)
+    torch.testing.assert_close(embedded, direct.expand(3, -1), atol=1e-4, rtol=1e-4)
+
+
+def test_best_epoch_follows_the_chosen_criterion(tmp_path):
+    history = LossHistory(tmp_path / "log")
+    history.append(0.6, 0.50, 0.30)
+    assert history.is_best("val_loss") and history.is_best("oneshot")
+    history.append(0.5, 0.45, 0.25)  # lower loss, worse one-shot
+    assert history.is_best("val_loss") and not history.is_best("oneshot")
+    history.append(0.4, 0.47, 0.40)
+    assert not history.is_best("val_loss") and history.is_best("oneshot")
+    assert (tmp_path / "log" / "epoch_val_oneshot.txt").read_text().split() == ["0.3", "0.25", "0.4"]
+
+
+def test_tensorboard_events_hold_each_epochs_figures(small1, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is an extra: pip install -r requirements-extras.txt")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = make_subset(small1, tmp_path / "data", alphabets=2, characters=5, drawers=8)
+    save_dir = tmp_path / "logs"
+    result = subprocess.run([sys.executable, "train.py", "--dataset_path", data, "--save_dir", save_dir, *TRAIN,
+                             "--Epoch", "2", "--batch_size", "8", "--pairing", "batch", "--images_per_class", "2",
+                             "--split_by", "class", "--train_ratio", "0.6", "--oneshot_way", "4",
+                             "--best_by", "oneshot", "--tensorboard", "True"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (log_dir,) = save_dir.glob("loss_*")
+    events = EventAccumulator(str(log_dir)).Reload()
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "oneshot/val"} <= set(
+        events.Tags()["scalars"])
+    logged = [event.value for event in events.Scalars("loss/val")]
+    written = [float(x) for x in (log_dir / "epoch_val_loss.txt").read_text().split()]
+    assert [event.step for event in events.Scalars("loss/val")] == [1, 2]
+    assert logged == pytest.approx(written, rel=1e-6)
+    oneshots = [float(x) for x in (log_dir / "epoch_val_oneshot.txt").read_text().split()]
+    assert [event.value for event in events.Scalars("oneshot/val")] == pytest.approx(oneshots, rel=1e-6)
+    assert "val 4-way one-shot" in result.stdout
+    saved = torch.load(save_dir / "best_epoch_weights.pth", weights_only=True)
+    epoch_file = torch.load(next(save_dir.glob("ep002-*.pth")), weights_only=True)
+    same_as_last = all(torch.equal(saved[k], epoch_file[k]) for k in saved)
+    assert same_as_last == (oneshots[1] >= oneshots[0]), oneshots  # best_by oneshot: ties go to the later epoch
