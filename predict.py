@@ -4,16 +4,22 @@
     python predict.py A.png B.png           # prints the probability and exits
     python predict.py A.png B.png --save out.png --model_path logs/best_epoch_weights.pth --input_shape 105 105
     python predict.py --gallery DIR QUERY.png --top 5   # rank DIR's images and classes by similarity
+    python predict.py --pairs pairs.csv --out scores.csv  # score every pair a CSV lists
 """
 import argparse
 import os
 import sys
 
 from siamese import add_predictor_args, check_predictor_args, predictor_from_args
+from utils.checkpoint import atomic_write, output_problem
 from utils.config import parse_bool
-from utils.errors import DataError, ImageError, WeightsError
+from utils.errors import DataError, ImageError, SaveError, WeightsError
 from utils.gallery import rank_gallery
 from utils.images import open_image
+from utils.oneshot import metrics_at, roc_auc
+from utils.pairs import read_pairs, resolve_pairs, score_path_pairs, scores_csv
+
+MAX_WARNINGS = 10  # unreadable images named on stderr; the rest only in the output's error column
 
 
 def at_least_one(text):
@@ -56,7 +62,13 @@ def parse_args(argv=None):
                         help="write the side-by-side figure to this file (.png, .pdf, .svg, ...) in an existing folder")
     parser.add_argument("--show", type=parse_bool, default=None, metavar="True|False",
                         help="open a window with the figure (default: only in the interactive loop)")
+    parser.add_argument("--pairs", default="",
+                        help="score every pair this CSV lists (image_1,image_2[,label] per line; header optional)")
+    parser.add_argument("--out", default="", help="with --pairs: the scores CSV (default: <pairs>_scores.csv)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="with labelled --pairs: a pair scoring at least this is called the same (default 0.5)")
     args = parser.parse_args(argv)
+    check_pairs_args(parser, args)
     if args.gallery and len(args.images) != 1:
         parser.error(f"--gallery takes one query image, not {len(args.images)}")
     if not args.gallery and len(args.images) not in (0, 2):
@@ -66,6 +78,56 @@ def parse_args(argv=None):
         parser.error(problem)
     check_predictor_args(parser, args)
     return args
+
+
+def check_pairs_args(parser, args):
+    """End with argparse's error when --pairs meets what scores one pair, or --out comes without --pairs."""
+    if not args.pairs:
+        if args.out:
+            parser.error("--out goes with --pairs")
+        return
+    clashes = [name for name, given in (("image paths", args.images), ("--gallery", args.gallery),
+                                        ("--save", args.save), ("--show", args.show)) if given]
+    if clashes:
+        parser.error(f"--pairs scores the pairs its file lists; it takes no {' or '.join(clashes)}")
+    args.out = args.out or f"{os.path.splitext(args.pairs)[0]}_scores.csv"
+
+
+def warn_unreadable(pairs_path, rows, pairs, unreadable, out):
+    """One stderr line per unreadable image (the first MAX_WARNINGS): the CSV line first using it and the problem."""
+    for count, (path, message) in enumerate(unreadable.items()):
+        if count == MAX_WARNINGS:
+            print(f"warning: {len(unreadable) - count} more unreadable images; see the error column of {out}",
+                  file=sys.stderr)
+            return
+        lines = [number for (number, _), pair in zip(rows, pairs) if path in pair]
+        print(f"warning: {pairs_path}:{lines[0]}: {message} ({len(lines)} line(s) not scored)", file=sys.stderr)
+
+
+def report_labels(scores, labels, threshold):
+    """Print ROC AUC and the accuracy at `threshold` of the scored labelled pairs."""
+    scored = [(score, int(label)) for score, label in zip(scores, labels) if score is not None]
+    if not scored:
+        print("no labelled pair could be scored")
+        return
+    values, truth = zip(*scored)
+    auc, accuracy = roc_auc(values, truth), metrics_at(values, truth, threshold)["accuracy"]
+    auc_text = f"ROC AUC {auc:.4f}" if auc == auc else "ROC AUC undefined (needs both labels)"  # NaN != NaN
+    left_out = f"; {len(labels) - len(scored)} with unreadable images left out" if len(scored) < len(labels) else ""
+    print(f"{auc_text}, accuracy {accuracy:.4f} at threshold {threshold:g} on {len(scored)} labelled pairs "
+          f"({sum(truth)} same){left_out}")
+
+
+def score_pairs_file(model, pairs_path, header, rows, out, threshold):
+    """Score every pair of a read pairs CSV, write the scores CSV atomically and print the summary."""
+    pairs = resolve_pairs(pairs_path, rows)
+    scores, unreadable, embedded = score_path_pairs(model, pairs)
+    warn_unreadable(pairs_path, rows, pairs, unreadable, out)
+    atomic_write(scores_csv(header, rows, scores, pairs, unreadable).encode("utf-8"), out)
+    print(f"{len(pairs)} pairs over {embedded + len(unreadable)} distinct images: embedded {embedded}, "
+          f"{len(unreadable)} unreadable, {scores.count(None)} pair(s) not scored; wrote {out}")
+    if len(rows[0][1]) == 3:
+        report_labels(scores, [fields[2] for _, fields in rows], threshold)
 
 
 def ask_image(prompt):
@@ -96,14 +158,33 @@ def search_gallery(model, gallery, query, top):
             print(f"  {score:.4f}  {cls}  ({os.path.basename(name)})")
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def load_predictor(args):
+    """The predictor the arguments name; ends with a one-line error when its weights cannot be used."""
     try:
-        model = predictor_from_args(args, verbose=not args.images)
+        return predictor_from_args(args, verbose=not (args.images or args.pairs))
     except WeightsError as e:
         hint = ("" if os.path.exists(args.model_path)
                 else "; train first and pass --model_path logs/best_epoch_weights.pth")
         raise SystemExit(f"error: {e}{hint}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.pairs:  # the CSV and --out are checked before the weights load: mistakes show in a second
+        try:
+            header, rows = read_pairs(args.pairs)
+        except DataError as e:
+            raise SystemExit(f"error: {e}")
+        same = os.path.exists(args.out) and os.path.samefile(args.out, args.pairs)
+        problem = f"--out {args.out}: is the pairs file itself; name another file" if same else \
+            output_problem(args.out, "--out")
+        if problem:
+            raise SystemExit(f"error: {problem}")
+        try:
+            return score_pairs_file(load_predictor(args), args.pairs, header, rows, args.out, args.threshold)
+        except SaveError as e:
+            raise SystemExit(f"error: {e}")
+    model = load_predictor(args)
     if args.gallery:
         return search_gallery(model, args.gallery, args.images[0], args.top)
     if args.images:

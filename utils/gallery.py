@@ -92,17 +92,17 @@ def load_cache(path, key):
     return {name: (digest, row) for name, digest, row in zip(cache["names"], cache["digests"], cache["embeddings"])}
 
 
-def embed_files(predictor, paths, progress=True):
-    """Embed image files, skipping the unreadable -> ({index in paths: embedding}, [one error line per skipped])."""
-    rows, errors = {}, []
-    with tqdm(total=len(paths), desc="embedding gallery", unit="img", disable=not progress, leave=False) as bar:
+def embed_files(predictor, paths, progress=True, desc="embedding gallery"):
+    """Embed image files, skipping the unreadable -> ({index in paths: embedding}, {index: one error line})."""
+    rows, errors = {}, {}
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), CHUNK):
             images = {}
             for i in range(start, min(start + CHUNK, len(paths))):
                 try:
                     images[i] = load_image(paths[i])
                 except ImageError as e:
-                    errors.append(str(e))
+                    errors[i] = str(e)
             if images:
                 rows.update(zip(images, predictor.embed(list(images.values()))))
             bar.update(min(CHUNK, len(paths) - start))
@@ -128,7 +128,7 @@ def gallery_embeddings(predictor, folder, use_cache=True, progress=True):
     cached = load_cache(cache_path, key) if use_cache else {}
     missing = [name for name in names if name not in digests or cached.get(name, (None,))[0] != digests[name]]
     fresh, errors = embed_files(predictor, [os.path.join(folder, name) for name in missing], progress)
-    unreadable += errors
+    unreadable += errors.values()
     warn_skipped("unreadable image(s)", unreadable)
     embedded, reused = {missing[i]: row for i, row in fresh.items()}, set(names) - set(missing)
     names = [name for name in names if name in embedded or name in reused]
