@@ -35,19 +35,15 @@ def at_least_one(text):
 
 def save_path_problem(path):
     """Why the figure cannot be saved to `path` (a message naming it), or "" when it can."""
-    if os.path.isdir(path):
-        return f"--save {path}: is a directory; name a file in it, such as {os.path.join(path, 'pair.png')}"
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"--save {path}: no such folder {folder}"
+    problem = output_problem(path, "--save")
+    if problem:
+        return problem
     from matplotlib.figure import Figure  # here: only --save pays for importing it
 
     extension, formats = os.path.splitext(path)[1].lower().lstrip("."), Figure().canvas.get_supported_filetypes()
     if extension not in formats:
         what = f"unknown extension .{extension}" if extension else "no extension"
         return f"--save {path}: {what}; matplotlib writes {', '.join(sorted(formats))}"
-    if not os.access(folder, os.W_OK):
-        return f"--save {path}: folder {folder} is not writable"
     return ""
 
 
