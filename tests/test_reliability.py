@@ -115,12 +115,19 @@ def test_resume_continues_exactly(tiny_omniglot, tmp_path):
     assert finished.returncode == 2 and "pass a larger --Epoch" in finished.stderr
 
 
+def as_in_a_terminal():
+    """In the child before exec: SIGINT handled and unblocked, as a terminal's Ctrl-C finds it, whatever
+    state this pytest process (and the libraries earlier tests loaded) left it in."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_writes_resumable_checkpoint(tiny_omniglot, tmp_path):
     save_dir, out, err = tmp_path / "logs", tmp_path / "out.txt", tmp_path / "err.txt"
     args = ["--dataset_path", tiny_omniglot, "--train_ratio", "0.5", "--Epoch", 50, "--save_dir", save_dir, *TRAIN]
     with open(out, "w") as stdout, open(err, "w") as stderr:
         process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, env=ENV,
-                                   stdout=stdout, stderr=stderr)
+                                   stdout=stdout, stderr=stderr, preexec_fn=as_in_a_terminal)
         deadline = time.time() + 90
         while "Epoch 1/50 train" not in err.read_text() and process.poll() is None and time.time() < deadline:
             time.sleep(0.2)
