@@ -11,6 +11,7 @@ from helpers import ENV, ROOT, TRAIN, make_subset
 from nets.siamese import SiameseNetwork
 from utils.callbacks import LossHistory
 from utils.dataloader import ClassBatches, class_groups, list_images
+from utils.images import load_image
 from utils.loop import balanced_weights, embed_images, score_batch
 from utils.oneshot import evaluate_split
 
@@ -29,7 +30,8 @@ def test_class_batches_hold_classes_of_one_alphabet_with_their_images(listed):
     label_of = dict(zip(paths, labels))
     random.seed(0)
     for _ in range(20):
-        drawn, drawn_labels = batches.sample_batch()
+        drawn, turns, drawn_labels = batches.sample_batch()
+        assert turns == [0] * 16
         assert [label_of[p] for p in drawn] == drawn_labels  # each label is its image's class
         assert len(set(drawn)) == 16 and len(set(drawn_labels)) == 4
         assert all(drawn_labels.count(c) == 4 for c in set(drawn_labels))
@@ -42,8 +44,32 @@ def test_class_batches_mix_alphabets_with_any_negatives(listed):
     paths, labels, groups = listed
     batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=2, groups=groups)
     random.seed(0)
-    mixed = [len({groups[c] for c in batches.sample_batch()[1]}) > 1 for _ in range(20)]
+    mixed = [len({groups[c] for c in batches.sample_batch()[2]}) > 1 for _ in range(20)]
     assert any(mixed)
+
+
+def test_class_rotations_turn_whole_classes_into_new_classes(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
+                           groups=groups, negatives="same_group", class_rotations=True)
+    stride = max(labels) + 1
+    label_of = dict(zip(paths, labels))
+    random.seed(0)
+    seen_turns = set()
+    for _ in range(40):
+        drawn, turns, drawn_labels = batches.sample_batch()
+        assert [label_of[p] + k * stride for p, k in zip(drawn, turns)] == drawn_labels
+        assert len(set(turns)) == 1  # a batch is one alphabet at one turn, so its negatives stay within it
+        seen_turns |= set(turns)
+    assert seen_turns == {0, 1, 2, 3}
+    random.seed(1)
+    drawn, turns, _ = batches.sample_batch()
+    random.seed(1)
+    images, _ = batches[0]
+    upright = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none")
+    unturned = upright.transform([load_image(p, keep_grey=True) for p in drawn])
+    for image, plain, k in zip(images, unturned, turns):
+        torch.testing.assert_close(image, torch.rot90(plain, k, dims=(1, 2)), atol=1, rtol=0)  # square: turn commutes
 
 
 def test_every_pair_of_a_class_batch_is_scored_as_the_pair_forward_scores_it():
@@ -151,3 +177,15 @@ def test_tensorboard_events_hold_each_epochs_figures(small1, tmp_path):
     epoch_file = torch.load(next(save_dir.glob("ep002-*.pth")), weights_only=True)
     same_as_last = all(torch.equal(saved[k], epoch_file[k]) for k in saved)
     assert same_as_last == (oneshots[1] >= oneshots[0]), oneshots  # best_by oneshot: ties go to the later epoch
+
+
+def test_class_batches_fall_back_to_all_classes_when_no_alphabet_has_two():
+    paths = [f"{c}_{i}.png" for c in range(3) for i in range(4)]
+    labels = [c for c in range(3) for _ in range(4)]
+    groups = {0: "a", 1: "b", 2: "c"}  # one character per alphabet: no within-alphabet negative exists
+    for rotations in (False, True):
+        batches = ClassBatches(paths, labels, (32, 32), batch_size=8, images_per_class=4, groups=groups,
+                               negatives="same_group", class_rotations=rotations)
+        random.seed(0)
+        drawn_labels = batches.sample_batch()[2]
+        assert len(set(drawn_labels)) == 2  # two classes still make a batch with negatives

@@ -221,12 +221,15 @@ class ClassBatches(Dataset):
     The classes of a batch come from one group (alphabet) with `negatives` "same_group", drawn with
     probability by the group's size; groups with a single class are left out, and when none has two
     classes all classes form one group. A class with fewer images gives all it has (at least 2).
+    `class_rotations` True adds each class turned by 90, 180 and 270 degrees as three new classes (in
+    a group of their own per turn): a turned character is another character, four times the classes.
     Items are random draws; `len` is the number of steps in an epoch, about one pass over the images.
-    Returns images (B, 3, H, W) uint8 and their class labels (B,) int64.
+    Returns images (B, 3, H, W) uint8 and their class labels (B,) int64; a turned class is labelled
+    label + turns * (largest label + 1).
     """
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
-                 groups=None, negatives="any", name="training"):
+                 groups=None, negatives="any", name="training", class_rotations=False):
         self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
         self.transform = batch_transform(input_shape, True, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
@@ -236,25 +239,29 @@ class ClassBatches(Dataset):
                             f"pairing batch needs at least 2")
         pools = defaultdict(list)
         for c in classes:
-            pools[groups[c] if negatives == "same_group" and groups is not None else ""].append(c)
-        self.pools = [pool for _, pool in sorted(pools.items()) if len(pool) >= 2] or [classes]
+            group = groups[c] if negatives == "same_group" and groups is not None else ""
+            for turns in range(4 if class_rotations else 1):
+                pools[(group, turns)].append((c, turns))
+        self.pools = [pool for _, pool in sorted(pools.items()) if len(pool) >= 2] or [sum(pools.values(), [])]
         self.pool_weights = [len(pool) for pool in self.pools]
         self.classes_per_batch = max(2, batch_size // images_per_class)
+        self.turn_stride = max(classes) + 1
 
     def __len__(self):
         return max(1, len(self.paths) // self.batch_size)
 
     def sample_batch(self):
-        """Draw the paths of one batch and their class labels, grouped by class."""
+        """Draw one batch, grouped by class: (paths, quarter turns of each image, class labels)."""
         pool = random.choices(self.pools, self.pool_weights)[0]
-        paths, labels = [], []
-        for c in random.sample(pool, min(self.classes_per_batch, len(pool))):
+        paths, turns, labels = [], [], []
+        for c, k in random.sample(pool, min(self.classes_per_batch, len(pool))):
             drawn = random.sample(self.by_class[c], min(self.images_per_class, len(self.by_class[c])))
             paths += drawn
-            labels += [c] * len(drawn)
-        return paths, labels
+            turns += [k] * len(drawn)
+            labels += [c + k * self.turn_stride] * len(drawn)
+        return paths, turns, labels
 
     def __getitem__(self, index):
-        paths, labels = self.sample_batch()
-        images = self.transform([load_image(path, keep_grey=True) for path in paths])
-        return images, torch.tensor(labels)
+        paths, turns, labels = self.sample_batch()
+        images = [torch.rot90(load_image(path, keep_grey=True), k, dims=(1, 2)) for path, k in zip(paths, turns)]
+        return self.transform(images), torch.tensor(labels)
