@@ -53,6 +53,7 @@ augmentation = "autoaugment"  # "autoaugment" (the original), "affine" (for draw
 negatives = "any"  # negative pairs: "any" other class (the original) or "same_group" (same alphabet: harder)
 pairing = "items"  # "items": each item a positive and a negative pair (the original); "batch": see images_per_class
 images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
+class_rotations = False  # pairing "batch": each class turned 90/180/270 degrees is 3 more classes (for drawings)
 backbone = "vgg16"  # vgg16 (the original's), vgg16_bn (learns from scratch sooner), resnet18/50, mobilenet_v3_large
 pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded
@@ -63,9 +64,9 @@ Epoch = 100  # total number of epochs
 batch_size = 32  # items per step over all processes; each item is 2 pairs
 Init_lr = 1e-2  # learning rate at the nominal batch of 64; scaled to batch_size and clamped
 Min_lr = Init_lr * 0.01  # final learning rate; follows Init_lr unless given
-optimizer_type = "sgd"  # "sgd" or "adam"
+optimizer_type = "auto"  # "sgd" or "adam"; "auto": sgd from ImageNet or model_path weights (the original), else adam
 momentum = 0.9  # SGD momentum, or Adam's first beta
-weight_decay = 5e-4  # L2 penalty of the optimiser
+weight_decay = 5e-4  # L2 penalty of the optimiser; follows it unless given: 5e-4 with sgd, 0 with adam
 lr_decay_type = "cos"  # "cos" or "step"
 oneshot_way = 20  # split_by "class": N-way one-shot accuracy on the unseen validation classes each epoch (0: off)
 best_by = "val_loss"  # what picks best_epoch_weights.pth: "val_loss" (the original) or "oneshot" (split_by "class")
@@ -81,7 +82,7 @@ CONFIG = {k: v for k, v in dict(globals()).items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
 BEST_BY = ("val_loss", "oneshot")
-CHOICES = {"optimizer_type": OPTIMIZERS, "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS,
+CHOICES = {"optimizer_type": OPTIMIZERS + ("auto",), "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS,
            "negatives": NEGATIVES, "backbone": BACKBONES, "pairing": PAIRINGS, "best_by": BEST_BY}
 PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not taken from a resumed checkpoint
 
@@ -117,6 +118,8 @@ def config_error(c):
     if c.pairing == "batch" and not 2 <= c.images_per_class <= c.batch_size // 2:
         return (f"pairing batch needs images_per_class of at least 2 and batch_size at least twice it "
                 f"(images_per_class {c.images_per_class}, batch_size {c.batch_size})")
+    if c.class_rotations and c.pairing != "batch":
+        return "class_rotations needs pairing batch (turned classes are drawn as whole classes)"
     if c.oneshot_way < 0 or c.oneshot_way == 1:
         return "oneshot_way must be 0 (off) or at least 2"
     if c.best_by == "oneshot" and (c.split_by != "class" or not c.oneshot_way):
@@ -167,7 +170,8 @@ def resume_error(c, checkpoint, given):
 def parse_train_config(argv=None):
     """CONFIG overridden by the command line -> (config namespace, checkpoint dict or None).
 
-    Min_lr follows Init_lr unless given itself. With `--resume`, the checkpoint is loaded here, once,
+    Min_lr follows Init_lr unless given itself; optimizer_type "auto" becomes sgd or adam, and
+    weight_decay follows an adam choice (0) unless given. With `--resume`, the checkpoint is loaded here, once,
     and its config replaces CONFIG as the defaults (except PER_RUN), so `python train.py --resume
     logs/last.ckpt` alone continues the same run, writing beside the checkpoint unless --save_dir says
     otherwise; raises WeightsError when it cannot be loaded.
@@ -191,6 +195,10 @@ def parse_train_config(argv=None):
     del config.demo
     if "Min_lr" not in given and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
         config.Min_lr = config.Init_lr * 0.01
+    if config.optimizer_type == "auto":  # SGD from scratch stays at ln 2 for hundreds of steps: docs/results.md
+        config.optimizer_type = "sgd" if config.pretrained or config.model_path else "adam"
+    if "weight_decay" not in given and not checkpoint and config.optimizer_type == "adam":
+        config.weight_decay = 0.0  # Adam's L2 penalty is not decoupled: the original's 5e-4 holds it back
     return config, checkpoint
 
 
@@ -225,7 +233,8 @@ def load_datasets(c, say, is_main, world_size=1):
     train_paths, train_labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
     if c.pairing == "batch":
         train_set = ClassBatches(train_paths, train_labels, c.input_shape, c.batch_size // world_size,
-                                 c.images_per_class, c.augmentation, groups, c.negatives)
+                                 c.images_per_class, c.augmentation, groups, c.negatives,
+                                 class_rotations=c.class_rotations)
     else:
         train_set = SiameseDataset(train_paths, train_labels, c.input_shape, train=True, augmentation=c.augmentation,
                                    name="training", groups=groups, negatives=c.negatives)

@@ -132,6 +132,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_file(finishe
     (["--distributed", "True"], "needs a launcher: torchrun --nproc_per_node=N"),
     (["--input_shape", "100000", "32"], "lower input_shape or batch_size"),
     (["--pairing", "batch", "--batch_size", "6", "--images_per_class", "4"], "batch_size at least twice it"),
+    (["--class_rotations", "True"], "class_rotations needs pairing batch"),
     (["--best_by", "oneshot", "--split_by", "image"], "best_by oneshot needs split_by class"),
     (["--oneshot_way", "1"], "oneshot_way must be 0 (off) or at least 2"),
 ])
@@ -147,7 +148,7 @@ def test_settings_that_cannot_work_stop_before_any_work(args, message, capsys, m
     (["--input_shape", "64", "64"], "--input_shape [64, 64] differs from [32, 32]"),
     (["--backbone", "vgg16_bn"], "--model_path"),
     (["--backbone", "resnet18"], "--backbone resnet18 differs from vgg16"),
-    (["--optimizer_type", "adam"], "--optimizer_type adam differs from sgd"),
+    (["--optimizer_type", "sgd"], "--optimizer_type sgd differs from adam"),
     (["--Init_Epoch", "1"], "--Init_Epoch does not apply with --resume"),
 ])
 def test_resume_refuses_settings_that_change_the_run(finished_run, args, message, capsys):

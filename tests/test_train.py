@@ -3,6 +3,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 from helpers import ROOT, make_subset
 
@@ -77,6 +78,19 @@ def test_command_line_overrides_the_config_block():
     assert config.batch_size == train.CONFIG["batch_size"]
 
 
+@pytest.mark.parametrize("args, optimizer, weight_decay", [
+    ([], "sgd", 5e-4),  # ImageNet weights: the original's optimiser
+    (["--pretrained", "False"], "adam", 0.0),  # from scratch
+    (["--pretrained", "False", "--model_path", "w.pth"], "sgd", 5e-4),  # from trained weights
+    (["--pretrained", "False", "--weight_decay", "1e-4"], "adam", 1e-4),  # given: kept
+    (["--pretrained", "False", "--optimizer_type", "sgd"], "sgd", 5e-4),
+    (["--optimizer_type", "adam"], "adam", 0.0),
+])
+def test_auto_optimizer_is_sgd_from_trained_weights_and_adam_from_scratch(args, optimizer, weight_decay):
+    config, _ = train.parse_train_config(args)
+    assert (config.optimizer_type, config.weight_decay) == (optimizer, weight_decay)
+
+
 def test_config_reference_documents_every_config_name():
     reference = (ROOT / "docs" / "config.md").read_text()
     assert [name for name in train.CONFIG if f"| `{name}` |" not in reference] == []
@@ -105,8 +119,8 @@ def test_training_learns_on_real_omniglot(small1, tmp_path):
 def test_a_run_that_cannot_learn_is_told_so(small1, tmp_path):
     data = make_subset(small1, tmp_path / "data", alphabets=1, characters=4, drawers=8)
     result = run_train("--dataset_path", data, "--save_dir", tmp_path / "logs", "--input_shape", 32, 32,
-                       "--pretrained", "False", "--Init_lr", "1e-6", "--batch_size", 4, "--Epoch", 1,
-                       "--train_ratio", 0.5, "--log_interval", 1, "--num_workers", 0)
+                       "--pretrained", "False", "--optimizer_type", "sgd", "--Init_lr", "1e-6", "--batch_size", 4,
+                       "--Epoch", 1, "--train_ratio", 0.5, "--log_interval", 1, "--num_workers", 0)
     assert result.returncode == 0, result.stderr[-2000:]
     (warning,) = [line for line in result.stdout.splitlines() if "not learning" in line]
     assert "step 2: loss 0.69" in warning and "--backbone vgg16_bn" in warning

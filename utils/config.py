@@ -43,7 +43,7 @@ def build_parser(defaults, description="", choices=None, extra=None, helps=None)
                   "metavar": name.upper() if name not in choices else None}
         if isinstance(default, bool):
             kwargs.update(type=parse_bool, metavar="True|False")
-        elif default == "auto":
+        elif default == "auto" and name not in choices:  # with choices, "auto" is one of them
             kwargs.update(type=parse_auto, metavar="auto|True|False")
         elif isinstance(default, (list, tuple)):
             kwargs.update(type=type(default[0]), nargs=len(default))
