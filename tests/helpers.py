@@ -79,7 +79,13 @@ def direct_probability(state, image_1, image_2):
                 x, index = F.max_pool2d(x, 2, 2), index + 1
             else:
                 weight, bias = state[f"vgg.features.{index}.weight"], state[f"vgg.features.{index}.bias"]
-                x = F.relu(F.conv2d(x, weight, bias, padding=1))
+                x = F.conv2d(x, weight, bias, padding=1)
+                norm = f"vgg.features.{index + 1}."
+                if norm + "running_mean" in state:  # vgg16_bn: conv, batch norm, relu
+                    x = F.batch_norm(x, state[norm + "running_mean"], state[norm + "running_var"],
+                                     state[norm + "weight"], state[norm + "bias"], training=False, eps=1e-5)
+                    index += 1
+                x = F.relu(x)
                 index += 2
         return torch.flatten(x, 1)
 

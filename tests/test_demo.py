@@ -27,7 +27,7 @@ def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "make_glyphs", two_alphabet_glyphs)
     data, logs, figure = tmp_path / "glyphs", tmp_path / "logs", tmp_path / "demo_predictions.png"
     argv = ["--dataset_path", str(data), "--save_dir", str(logs), "--Cuda", "False",
-            "--batch_size", "4", "--Epoch", "1", "--train_ratio", "0.5"]
+            "--batch_size", "4", "--images_per_class", "2", "--Epoch", "1", "--train_ratio", "0.5"]
     result = train.run_demo(argv, max_characters=2, figure_path=str(figure), way=2, trials=10)
 
     assert (data / "images_background").is_dir() and (data / "images_evaluation").is_dir()
