@@ -82,8 +82,9 @@ CONFIG = {k: v for k, v in dict(globals()).items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
 BEST_BY = ("val_loss", "oneshot")
-CHOICES = {"optimizer_type": OPTIMIZERS + ("auto",), "lr_decay_type": SCHEDULES, "split_by": SPLITS, "augmentation": AUGMENTATIONS,
-           "negatives": NEGATIVES, "backbone": BACKBONES, "pairing": PAIRINGS, "best_by": BEST_BY}
+CHOICES = {"optimizer_type": OPTIMIZERS + ("auto",), "lr_decay_type": SCHEDULES, "split_by": SPLITS,
+           "augmentation": AUGMENTATIONS, "negatives": NEGATIVES, "backbone": BACKBONES, "pairing": PAIRINGS,
+           "best_by": BEST_BY}
 PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not taken from a resumed checkpoint
 
 
