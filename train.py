@@ -49,7 +49,7 @@ input_shape = [105, 105]  # [height, width]; multiples of 32 waste nothing
 train_own_data = False  # False: images_background/<alphabet>/<character>/; True: images_background/<class>/
 split_by = "image"  # "image": the original 90/10 split of images; "class": validation classes unseen in training
 train_ratio = 0.9  # share of images (or classes) used for training; the rest validates
-augmentation = "autoaugment"  # "autoaugment" (the original), "affine" (for drawings), "jitter" or "none"
+augmentation = "auto"  # "autoaugment" (the original), "affine" (drawings), "jitter", "none"; "auto": see README
 negatives = "any"  # negative pairs: "any" other class (the original) or "same_group" (same alphabet: harder)
 pairing = "items"  # "items": each item a positive and a negative pair (the original); "batch": see images_per_class
 images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
@@ -83,8 +83,8 @@ CONFIG = {k: v for k, v in dict(globals()).items()
 
 BEST_BY = ("val_loss", "oneshot")
 CHOICES = {"optimizer_type": OPTIMIZERS + ("auto",), "lr_decay_type": SCHEDULES, "split_by": SPLITS,
-           "augmentation": AUGMENTATIONS, "negatives": NEGATIVES, "backbone": BACKBONES, "pairing": PAIRINGS,
-           "best_by": BEST_BY}
+           "augmentation": AUGMENTATIONS + ("auto",), "negatives": NEGATIVES, "backbone": BACKBONES,
+           "pairing": PAIRINGS, "best_by": BEST_BY}
 PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not taken from a resumed checkpoint
 
 
@@ -171,11 +171,11 @@ def resume_error(c, checkpoint, given):
 def parse_train_config(argv=None):
     """CONFIG overridden by the command line -> (config namespace, checkpoint dict or None).
 
-    Min_lr follows Init_lr unless given itself; optimizer_type "auto" becomes sgd or adam, and
-    weight_decay follows an adam choice (0) unless given. With `--resume`, the checkpoint is loaded here, once,
-    and its config replaces CONFIG as the defaults (except PER_RUN), so `python train.py --resume
-    logs/last.ckpt` alone continues the same run, writing beside the checkpoint unless --save_dir says
-    otherwise; raises WeightsError when it cannot be loaded.
+    Min_lr follows Init_lr unless given itself; optimizer_type and augmentation "auto" become the original's
+    sgd and autoaugment from weights, adam and none from scratch; weight_decay follows adam (0) unless given.
+    With `--resume`, the checkpoint is loaded here, once, and its config replaces CONFIG as the defaults
+    (except PER_RUN), so `python train.py --resume logs/last.ckpt` alone continues the same run, writing
+    beside the checkpoint unless --save_dir says otherwise; raises WeightsError when it cannot be loaded.
     """
     argv = sys.argv[1:] if argv is None else argv
     given = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
@@ -196,8 +196,11 @@ def parse_train_config(argv=None):
     del config.demo
     if "Min_lr" not in given and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
         config.Min_lr = config.Init_lr * 0.01
-    if config.optimizer_type == "auto":  # SGD from scratch stays at ln 2 for hundreds of steps: docs/results.md
-        config.optimizer_type = "sgd" if config.pretrained or config.model_path else "adam"
+    from_weights = config.pretrained or config.model_path
+    if config.optimizer_type == "auto":  # from scratch, SGD and AutoAugment stay at ln 2: docs/results.md
+        config.optimizer_type = "sgd" if from_weights else "adam"
+    if config.augmentation == "auto":
+        config.augmentation = "autoaugment" if from_weights else "none"
     if "weight_decay" not in given and not checkpoint and config.optimizer_type == "adam":
         config.weight_decay = 0.0  # Adam's L2 penalty is not decoupled: the original's 5e-4 holds it back
     return config, checkpoint

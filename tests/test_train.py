@@ -78,17 +78,19 @@ def test_command_line_overrides_the_config_block():
     assert config.batch_size == train.CONFIG["batch_size"]
 
 
-@pytest.mark.parametrize("args, optimizer, weight_decay", [
-    ([], "sgd", 5e-4),  # ImageNet weights: the original's optimiser
-    (["--pretrained", "False"], "adam", 0.0),  # from scratch
-    (["--pretrained", "False", "--model_path", "w.pth"], "sgd", 5e-4),  # from trained weights
-    (["--pretrained", "False", "--weight_decay", "1e-4"], "adam", 1e-4),  # given: kept
-    (["--pretrained", "False", "--optimizer_type", "sgd"], "sgd", 5e-4),
-    (["--optimizer_type", "adam"], "adam", 0.0),
+@pytest.mark.parametrize("args, optimizer, weight_decay, augmentation", [
+    ([], "sgd", 5e-4, "autoaugment"),  # ImageNet weights: the original's settings
+    (["--pretrained", "False"], "adam", 0.0, "none"),  # from scratch
+    (["--pretrained", "False", "--model_path", "w.pth"], "sgd", 5e-4, "autoaugment"),  # from trained weights
+    (["--pretrained", "False", "--weight_decay", "1e-4", "--augmentation", "affine"], "adam", 1e-4, "affine"),
+    (["--pretrained", "False", "--optimizer_type", "sgd"], "sgd", 5e-4, "none"),
+    (["--optimizer_type", "adam"], "adam", 0.0, "autoaugment"),
 ])
-def test_auto_optimizer_is_sgd_from_trained_weights_and_adam_from_scratch(args, optimizer, weight_decay):
+def test_auto_settings_keep_the_original_from_weights_and_learn_from_scratch(args, optimizer, weight_decay,
+                                                                             augmentation):
     config, _ = train.parse_train_config(args)
-    assert (config.optimizer_type, config.weight_decay) == (optimizer, weight_decay)
+    assert (config.optimizer_type, config.weight_decay, config.augmentation) == (optimizer, weight_decay,
+                                                                                augmentation)
 
 
 def test_config_reference_documents_every_config_name():
