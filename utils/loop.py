@@ -1,5 +1,7 @@
 """One pass over a loader (the training step and the validation pass, with tqdm bars), and embedding images."""
+import contextlib
 import math
+import signal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,19 @@ def score_batch(model, images, labels, device, channels_last=False):
     labels = labels.to(device, non_blocking=True)
     pairs = torch.triu_indices(len(labels), len(labels), 1, device=device)
     return model(images, pairs=pairs).squeeze(1), (labels[pairs[0]] == labels[pairs[1]]).float()
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold SIGINT (Ctrl-C) until the block ends, where it is delivered; a no-op without pthread_sigmask."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def balanced_weights(targets):
@@ -80,7 +95,8 @@ def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None
         if training:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
+            with sigint_deferred():  # a Ctrl-C inside the step would save a half-built Adam state
+                scaler.step(optimizer)
             scaler.update()
         loss_sum += loss.detach()
         correct += (weights * ((logits.detach() > 0) == (targets > 0.5))).sum()
