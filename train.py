@@ -53,6 +53,7 @@ augmentation = "auto"  # "autoaugment" (the original), "affine" (drawings), "jit
 negatives = "any"  # negative pairs: "any" other class (the original) or "same_group" (same alphabet: harder)
 pairing = "items"  # "items": each item a positive and a negative pair (the original); "batch": see images_per_class
 images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
+loss = "bce"  # "bce": the head's pair probabilities (the original); "bce_ranking": plus a one-shot softmax (README)
 class_rotations = False  # pairing "batch": each class turned 90/180/270 degrees is 3 more classes (for drawings)
 backbone = "vgg16"  # vgg16 (the original's), vgg16_bn (learns from scratch sooner), resnet18/50, mobilenet_v3_large
 pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
@@ -82,9 +83,10 @@ CONFIG = {k: v for k, v in dict(globals()).items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
 
 BEST_BY = ("val_loss", "oneshot")
+LOSSES = ("bce", "bce_ranking")
 CHOICES = {"optimizer_type": OPTIMIZERS + ("auto",), "lr_decay_type": SCHEDULES, "split_by": SPLITS,
            "augmentation": AUGMENTATIONS + ("auto",), "negatives": NEGATIVES, "backbone": BACKBONES,
-           "pairing": PAIRINGS, "best_by": BEST_BY}
+           "pairing": PAIRINGS, "best_by": BEST_BY, "loss": LOSSES}
 PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not taken from a resumed checkpoint
 
 
@@ -121,6 +123,8 @@ def config_error(c):
                 f"(images_per_class {c.images_per_class}, batch_size {c.batch_size})")
     if c.class_rotations and c.pairing != "batch":
         return "class_rotations needs pairing batch (turned classes are drawn as whole classes)"
+    if c.loss == "bce_ranking" and c.pairing != "batch":
+        return "loss bce_ranking needs pairing batch (it ranks each image's classmates above a batch's other classes)"
     if c.oneshot_way < 0 or c.oneshot_way == 1:
         return "oneshot_way must be 0 (off) or at least 2"
     if c.best_by == "oneshot" and (c.split_by != "class" or not c.oneshot_way):
@@ -389,7 +393,7 @@ def train(c, checkpoint, rank, local_rank, world_size, device, use_cuda):
                            log_interval=c.log_interval)
             check_at = epoch_step // 2 if epoch == 0 else None  # "not learning" warning halfway through epoch 1
             train = run_epoch(train_model, train_loader, device, optimizer, scaler, desc=f"{tag} train", lr=epoch_lr,
-                              check_learning_at=check_at, **options)
+                              check_learning_at=check_at, ranking=c.loss == "bce_ranking", **options)
             val = run_epoch(train_model, val_loader, device, desc=f"{tag} val", **options)
             if not is_main:
                 continue

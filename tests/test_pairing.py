@@ -12,7 +12,7 @@ from nets.siamese import SiameseNetwork
 from utils.callbacks import LossHistory
 from utils.dataloader import ClassBatches, class_groups, list_images
 from utils.images import load_image
-from utils.loop import balanced_weights, embed_images, score_batch
+from utils.loop import balanced_weights, embed_images, ranking_loss, score_batch
 from utils.oneshot import evaluate_split
 
 
@@ -97,6 +97,31 @@ def test_balanced_weights_give_positives_and_negatives_half_each():
     assert loss.item() == pytest.approx(0.5 * each[targets == 1].mean().item() + 0.5 * each[targets == 0].mean().item())
     balanced = torch.tensor([1.0, 0.0] * 4)  # pair items: the plain mean, as before
     assert torch.allclose(balanced_weights(balanced), torch.full((8,), 1 / 8))
+
+
+def test_ranking_loss_is_the_one_shot_softmax_over_each_images_positive_and_negatives():
+    torch.manual_seed(0)
+    labels = torch.tensor([4, 4, 4, 9, 9, 2, 2])
+    count = len(labels)
+    first, second = torch.triu_indices(count, count, 1)
+    logits = torch.randn(len(first), requires_grad=True)
+    loss = ranking_loss(logits, labels)
+    score = {}
+    for k, (i, j) in enumerate(zip(first.tolist(), second.tolist())):
+        score[i, j] = score[j, i] = logits[k]
+    tasks = []  # each (image, same-class image): pick the latter among it and the image's other-class images
+    for i in range(count):
+        negatives = [score[i, j] for j in range(count) if labels[j] != labels[i]]
+        for p in range(count):
+            if p != i and labels[p] == labels[i]:
+                tasks.append(-torch.log_softmax(torch.stack([score[i, p]] + negatives), 0)[0])
+    assert len(tasks) == 3 * 2 + 2 + 2
+    torch.testing.assert_close(loss, torch.stack(tasks).mean())
+    loss.backward()
+    same = (labels[first] == labels[second])
+    assert (logits.grad[same] < 0).all() and (logits.grad[~same] > 0).all()  # raise positives, lower negatives
+    separated = torch.where(same, 20.0, -20.0)
+    assert ranking_loss(separated, labels).item() < 1e-6
 
 
 class ClassIndicator(torch.nn.Module):

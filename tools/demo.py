@@ -22,7 +22,7 @@ DEMO_ARGS = [
     "--optimizer_type", "adam", "--Init_lr", "1e-3", "--weight_decay", "0",
     "--pairing", "batch", "--batch_size", "64", "--images_per_class", "4", "--class_rotations", "True",
     "--negatives", "same_group", "--augmentation", "affine", "--Epoch", "12", "--split_by", "class",
-    "--best_by", "oneshot", "--num_workers", "0", "--save_period", "100",
+    "--loss", "bce_ranking", "--best_by", "oneshot", "--num_workers", "0", "--save_period", "100",
     "--overwrite", "True",  # a new demo replaces the last one
 ]
 FIGURE_PATH = "logs/demo_predictions.png"

@@ -52,6 +52,20 @@ def sigint_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def ranking_loss(logits, labels):
+    """Logits (P,) of a class batch's pairs in `torch.triu_indices` order and its labels (B,) -> the mean, over
+    every (image, same-class image), of the cross-entropy of picking that image among it and all the first
+    image's other-class images: the one-shot task itself, as a softmax over the head's logits."""
+    count = len(labels)
+    pairs = torch.triu_indices(count, count, 1, device=logits.device)
+    scores = logits.new_full((count, count), -1e4)  # finite: -inf would give inf - inf on the diagonal
+    scores = scores.index_put((pairs[0], pairs[1]), logits).index_put((pairs[1], pairs[0]), logits)
+    same = labels[:, None] == labels[None, :]
+    negatives = torch.logsumexp(scores.masked_fill(same, -1e4), dim=1, keepdim=True)
+    positives = same & ~torch.eye(count, dtype=torch.bool, device=logits.device)
+    return (torch.logaddexp(scores, negatives) - scores)[positives].mean()
+
+
 def balanced_weights(targets):
     """(P,) weights summing to 1 with which positives and negatives count half each; a plain mean for
     balanced pair items."""
@@ -70,7 +84,7 @@ def not_learning(loss, acc):
 
 
 def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None, channels_last=False,
-              desc="", lr=None, show=True, log_interval=10, check_learning_at=None):
+              desc="", lr=None, show=True, log_interval=10, check_learning_at=None, ranking=False):
     """Train (when `optimizer` is given) or validate over `loader`.
 
     The running sums stay on the device; the host reads them, and every rank checks they are finite,
@@ -93,8 +107,9 @@ def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None
         weights = balanced_weights(targets)
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets, weights, reduction="sum")
         if training:
+            total = loss + ranking_loss(logits.float(), labels.to(device)) if ranking and images.dim() == 4 else loss
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(total).backward()
             with sigint_deferred():  # a Ctrl-C inside the step would save a half-built Adam state
                 scaler.step(optimizer)
             scaler.update()
