@@ -92,7 +92,8 @@ def run_epoch(model, loader, device, optimizer=None, scaler=None, amp_dtype=None
     on, a warning is printed when the last `log_interval` steps look like no learning (`not_learning`).
     Returns {"loss": BCE per pair, "acc": fraction of pairs whose rounded sigmoid equals the label},
     with positive and negative pairs weighted equally (`balanced_weights`) and averaged over the steps of
-    all ranks. Raises NonFiniteLoss when the loss became NaN or inf.
+    all ranks. `ranking` adds `ranking_loss` to the training step's BCE for class batches; the returned loss
+    stays the BCE. Raises NonFiniteLoss when the loss became NaN or inf.
     """
     training = optimizer is not None
     model.train(training)
