@@ -39,7 +39,7 @@ from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_o
 # config: edit here, or pass --name value on the command line
 Cuda = True  # use a GPU when there is one; falls back to the CPU
 distributed = False  # DDP; torchrun sets it up by itself, this only insists on a launcher
-sync_bn = False  # convert batch norms to SyncBatchNorm under DDP (backbone vgg16_bn has them)
+sync_bn = False  # convert batch norms to SyncBatchNorm under DDP (every backbone but vgg16 has them)
 fp16 = False  # CUDA mixed precision: float16 autocast with a grad scaler
 bf16 = "auto"  # bfloat16 autocast (no scaler needed); "auto": where the GPU or CPU does bf16 natively
 channels_last = "auto"  # NHWC memory format, faster with bf16/fp16; "auto": when bf16 or fp16 is on
@@ -55,7 +55,7 @@ pairing = "items"  # "items": each item a positive and a negative pair (the orig
 images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
 loss = "bce"  # "bce": the head's pair probabilities (the original); "bce_ranking": plus a one-shot softmax (README)
 class_rotations = False  # pairing "batch": each class turned 90/180/270 degrees is 3 more classes (for drawings)
-backbone = "vgg16"  # vgg16 (the original's), vgg16_bn (learns from scratch sooner), resnet18/50, mobilenet_v3_large
+backbone = "vgg16"  # vgg16 (the original's), vgg16_bn, resnet18 (fastest from scratch), resnet50, mobilenet_v3_large
 pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded
 resume = ""  # a last.ckpt to continue exactly where it stopped; its config is the default, the command line overrides

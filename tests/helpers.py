@@ -70,9 +70,21 @@ def original_format_state_dict(input_shape, seed=0):
     return state
 
 
+def resnet18_features(state):
+    """torchvision's resnet18 up to layer4 with the `resnet18.*` tensors of `state`: (N, 3, H, W) -> flat features."""
+    from torchvision.models import resnet18
+    full = resnet18(weights=None).eval()
+    trunk = {k[len("resnet18."):]: v for k, v in state.items() if k.startswith("resnet18.")}
+    missing, unexpected = full.load_state_dict(trunk, strict=False)
+    assert not unexpected and all(k.startswith("fc.") for k in missing), (missing, unexpected)
+    layers = torch.nn.Sequential(*list(full.children())[:-2])  # without avgpool and fc
+    return lambda x: torch.flatten(layers(x), 1)
+
+
 def direct_probability(state, image_1, image_2):
-    """Similarity computed from the raw tensors with functional ops: the reference for compatibility."""
-    def features(x):
+    """Similarity computed from the raw tensors (VGG16 with functional ops, or torchvision's resnet18): the
+    reference for compatibility."""
+    def vgg_features(x):
         index = 0
         for item in VGG16_CONFIG:
             if item == "M":
@@ -89,7 +101,9 @@ def direct_probability(state, image_1, image_2):
                 index += 2
         return torch.flatten(x, 1)
 
-    x = torch.abs(features(image_1) - features(image_2))
+    features = resnet18_features(state) if any(k.startswith("resnet18.") for k in state) else vgg_features
+    with torch.no_grad():
+        x = torch.abs(features(image_1) - features(image_2))
     x = F.linear(x, state["fully_connect1.weight"], state["fully_connect1.bias"])
     x = F.linear(x, state["fully_connect2.weight"], state["fully_connect2.bias"])
     return torch.sigmoid(x)

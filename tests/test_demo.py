@@ -8,9 +8,16 @@ from helpers import direct_probability
 from PIL import Image
 
 import train
+from nets.siamese import backbone_of
 from tools import demo
 from tools.glyphs import make_glyphs
 from utils.images import preprocess
+
+
+def demo_setting(name, count=1):
+    """The `count` values the demo's settings give `--name`."""
+    at = demo.DEMO_ARGS.index(f"--{name}") + 1
+    return demo.DEMO_ARGS[at:at + count]
 
 
 def two_alphabet_glyphs(out, max_characters):
@@ -34,9 +41,11 @@ def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert result["way"] == 2 and result["trials"] == 10 and result["within_alphabet"]
     # the reported scores are the saved best weights' own, computed here by a path that shares no code with ours
     state = torch.load(logs / "best_epoch_weights.pth", weights_only=True)
+    assert backbone_of(state) == demo_setting("backbone")[0]
+    shape = [int(side) for side in demo_setting("input_shape", 2)]
     same, different = demo.example_pairs(data / "images_evaluation")
     for (a, b), reported in ((same, result["same_score"]), (different, result["different_score"])):
-        expected = direct_probability(state, preprocess(a, [32, 32])[None], preprocess(b, [32, 32])[None])
+        expected = direct_probability(state, preprocess(a, shape)[None], preprocess(b, shape)[None])
         assert abs(float(expected) - reported) < 1e-3
     with Image.open(figure) as image:
         assert image.format == "PNG" and image.width > 200 and image.height > 200

@@ -125,7 +125,7 @@ def test_a_run_that_cannot_learn_is_told_so(small1, tmp_path):
                        "--Epoch", 1, "--train_ratio", 0.5, "--log_interval", 1, "--num_workers", 0)
     assert result.returncode == 0, result.stderr[-2000:]
     (warning,) = [line for line in result.stdout.splitlines() if "not learning" in line]
-    assert "step 2: loss 0.69" in warning and "--backbone vgg16_bn" in warning
+    assert "step 2: loss 0.69" in warning and "--backbone resnet18" in warning
 
 
 def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset, tmp_path):

@@ -14,11 +14,11 @@ from utils.oneshot import evaluate_folder
 
 # train.py settings the demo starts from; any of them can still be overridden: python train.py --demo --Epoch 1.
 # From scratch (no ImageNet weights offline): every pair of a batch of 16 characters of one script is scored, each
-# character also turned by quarter turns as 3 more characters, with batch norm and small stroke distortions.
-# With three quarters of the old demo's compute it reaches 49% where pair items reached about 30%: docs/results.md#demo.
+# character also turned by quarter turns as 3 more characters, with small stroke distortions and the one-shot
+# ranking term. ResNet18: a step in a fifth of vgg16_bn's CPU time, and more learnt per step (docs/results.md#demo).
 DEMO_ARGS = [
     "--dataset_path", "dataset/glyphs", "--save_dir", "logs/demo",
-    "--input_shape", "32", "32", "--pretrained", "False", "--backbone", "vgg16_bn",
+    "--input_shape", "32", "32", "--pretrained", "False", "--backbone", "resnet18",
     "--optimizer_type", "adam", "--Init_lr", "1e-3", "--weight_decay", "0",
     "--pairing", "batch", "--batch_size", "64", "--images_per_class", "4", "--class_rotations", "True",
     "--negatives", "same_group", "--augmentation", "affine", "--Epoch", "12", "--split_by", "class",

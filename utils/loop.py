@@ -74,8 +74,8 @@ def balanced_weights(targets):
     return torch.where(targets > 0.5, 0.5 / positives.clamp(min=1), 0.5 / negatives.clamp(min=1))
 
 
-NOT_LEARNING_HINT = ("from scratch, try --backbone vgg16_bn --pairing batch --augmentation affine, and Adam "
-                     "rather than SGD (the README's Training section)")
+NOT_LEARNING_HINT = ("from scratch, try --backbone resnet18 --pairing batch --loss bce_ranking --augmentation affine, "
+                     "and Adam rather than SGD (the README's Training section)")
 
 
 def not_learning(loss, acc):
