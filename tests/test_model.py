@@ -79,3 +79,33 @@ def test_vgg16_bn_backbone_loads_torchvisions_bn_weights_and_is_recognised(tmp_p
     assert backbone_of(SiameseNetwork((32, 32)).state_dict()) == "vgg16"
     with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
         SiameseNetwork((32, 32), "resnet")
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_the_multiplied_out_head_gives_the_two_layer_heads_logits_and_gradients(dtype, tolerance):
+    torch.manual_seed(0)
+    net = SiameseNetwork((64, 64), "resnet18").to(dtype)
+    emb1, emb2 = (torch.randn(50, 2048, dtype=dtype, requires_grad=True) for _ in range(2))
+    upstream = torch.randn(50, 1, dtype=dtype)
+    results = []
+    for head in (net.score, lambda a, b: net.fully_connect2(net.fully_connect1(torch.abs(a - b)))):
+        net.zero_grad()
+        emb1.grad = emb2.grad = None
+        logits = head(emb1, emb2)
+        (logits * upstream).sum().backward()
+        results.append([logits, emb1.grad, emb2.grad] + [p.grad for p in net.fully_connect1.parameters()]
+                       + [p.grad for p in net.fully_connect2.parameters()])
+    for ours, two_layers in zip(*results):
+        scale = two_layers.abs().max()
+        assert (ours - two_layers).abs().max() <= tolerance * scale
+
+
+def test_scoring_pairs_costs_about_two_flops_per_feature_not_a_thousand():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net, pairs, flat = SiameseNetwork((64, 64), "resnet18"), 4096, 2048
+    emb1, emb2 = torch.randn(pairs, flat), torch.randn(pairs, flat)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net.score(emb1, emb2)
+    # the pairs' matrix-vector product plus multiplying the two layers out once; the two-layer form: 2 * P * F * 512
+    assert counter.get_total_flops() <= 2 * pairs * flat + 2 * 512 * flat + 2 * 512
