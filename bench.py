@@ -1,29 +1,39 @@
-"""Measure training and inference speed, loader speed, peak memory and one-shot task speed on this machine.
+"""Measure training and inference speed, loader speed, peak memory and scoring speed on this machine.
 
-    python bench.py                       # 105x105 VGG16, batch 32, on dataset/ (the embedded glyphs or your data)
-    python bench.py --dataset DIR --quick # a short run on DIR/images_background
-    python bench.py --backbones all       # instead: a table of every backbone's speed and memory (fp32)
+    python bench.py                        # 105x105 VGG16 pair items, batch 32 (the original's defaults)
+    python bench.py --quick                # the same, shorter: at most a few minutes on any CPU
+    python bench.py --pairing batch        # the from-scratch recipe's step (config/omniglot_scratch.py)
+    python bench.py --gallery 100000       # one query against 100,000 cached embeddings (ResNet18 at 64x64)
+    python bench.py --backbones all        # instead: a table of every backbone's speed and memory (fp32)
 Figures are the best of the timed steps (the least disturbed by other processes); peak memory is
-measured afresh for each setting (CUDA: allocated memory; CPU: the resident set, Linux).
+measured afresh for each setting (CUDA: allocated memory; CPU: the resident set, Linux). Settings a
+CPU does not run natively (bfloat16 without AVX-512 BF16 or AMX: emulated, slower than fp32) are
+skipped, saying so, unless --all_settings.
 """
 import argparse
 import gc
 import os
+import random
 import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.flop_counter import FlopCounterMode
 
 from nets.siamese import BACKBONES, SiameseNetwork, flat_features
+from siamese import Siamese
 from tools.glyphs import glyphs_present, make_glyphs
-from utils.dataloader import SiameseDataset, indices_by_class, list_images
+from utils.configurator import read_preset
+from utils.dataloader import ClassBatches, PairItems, class_groups, indices_by_class, list_images, make_loader
+from utils.engine import Meter, pair_sides, train_one_epoch
 from utils.images import preprocess
-from utils.loop import run_epoch, split_pairs
+from utils.precision import autocast, native_bf16
 from utils.schedule import make_optimizer
 
+RECIPE = Path(__file__).resolve().parent / "config" / "omniglot_scratch.py"
 SETTINGS = {  # name -> (autocast dtype, channels_last, compile)
     "fp32": (None, False, False),
     "fp32+channels_last": (None, True, False),
@@ -39,21 +49,31 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", default=None, help="folder holding images_background/ (default: dataset/ if it "
                         "has one, else the embedded glyphs in dataset/glyphs, built if absent)")
     parser.add_argument("--train_own_data", action="store_true", help="images_background/<class>/<image> layout")
-    parser.add_argument("--input_shape", type=int, nargs=2, default=[105, 105])
-    parser.add_argument("--batch_size", type=int, default=32, help="items per step (2 pairs each)")
+    parser.add_argument("--input_shape", type=int, nargs=2, default=None,
+                        help="default: 105 105; the recipe's 64 64 with --pairing batch and --gallery")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="items per step (2 pairs each; default 32), images per step with --pairing batch")
+    parser.add_argument("--pairing", choices=("items", "batch"), default="items",
+                        help="batch: time the from-scratch recipe's step (class batches, every pair, ranking term)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     parser.add_argument("--loader_images", type=int, default=1024, help="images augmented per loader measurement")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers for the keep-up check")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (0: torch's default); 1 is steadier on a busy machine")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (compile time included)")
+    parser.add_argument("--all_settings", action="store_true", help="also time settings this CPU only emulates")
     parser.add_argument("--way", type=int, default=20, help="classes of the timed one-shot task")
-    parser.add_argument("--quick", action="store_true", help="2 timed steps, 256 loader images")
+    parser.add_argument("--gallery", type=int, default=0, metavar="N",
+                        help="only time one query against N cached synthetic embeddings, as predict.py --gallery")
+    parser.add_argument("--quick", action="store_true", help="2 timed steps, 256 loader images, fp32 alone")
     parser.add_argument("--backbones", type=parse_backbones, default=None, metavar="all|NAME[,NAME...]",
                         help="only a table of these backbones' training and inference pairs/s and peak memory")
     parser.add_argument("--setting", choices=list(SETTINGS), default="fp32", help="the --backbones table's setting")
     args = parser.parse_args(argv)
+    recipe = args.pairing == "batch" or args.gallery
+    args.input_shape = args.input_shape or ([64, 64] if recipe else [105, 105])
+    args.batch_size = args.batch_size or (64 if args.pairing == "batch" else 32)
     if args.quick:
         args.steps, args.loader_images = min(args.steps, 2), min(args.loader_images, 256)
     return args
@@ -98,32 +118,32 @@ def loader_speed(dataset, images):
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what a DataLoader worker gets
-    batch = max(1, min(32, images // 4))  # items; 4 images each
+    batch = dataset.items  # items; 4 images each
     load = pil_baseline(dataset.input_shape)
-    default_collate(dataset.__getitems__(range(batch)))  # warm-up
+    dataset[0]  # warm-up
     ours, baseline = [], []
-    for _ in range(max(1, images // (4 * batch))):
+    rng = random.Random(0)
+    for step in range(max(1, images // (4 * batch))):
         start = time.perf_counter()
-        default_collate(dataset.__getitems__(range(batch)))
+        dataset[step]
         ours.append(4 * batch / (time.perf_counter() - start))
-        paths = [path for _ in range(batch) for pair in dataset.sample_pair() for path in pair]
+        paths = [path for _ in range(batch) for pair in dataset.sample_pair(rng) for path in pair]
         start = time.perf_counter()
-        default_collate([torch.stack([load(path) for path in paths[i: i + 4]]) for i in range(0, len(paths), 4)])
+        torch.stack([torch.stack([load(path) for path in paths[i: i + 4]]) for i in range(0, len(paths), 4)])
         baseline.append(len(paths) / (time.perf_counter() - start))
     torch.set_num_threads(threads)
     return statistics.median(ours), statistics.median(baseline)
 
 
-def workers_speed(dataset, batch_size, workers, batches, pin_memory):
-    """Images/s delivered by a DataLoader with `workers` workers, as train.py builds it."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+def workers_speed(dataset, workers, batches, pin_memory):
+    """Images/s delivered by the DataLoader train.py builds (`make_loader`) with `workers` workers."""
+    loader = make_loader(dataset, workers, pin_memory)
     iterator = iter(loader)
-    next(iterator)  # workers started
+    first = next(iterator)  # workers started
     start = time.perf_counter()
-    for _ in range(batches):
+    for _ in range(min(batches, len(loader) - 1)):
         next(iterator)
-    speed = batches * batch_size * 4 / (time.perf_counter() - start)
+    speed = min(batches, len(loader) - 1) * first.images[..., 0, 0].numel() / (time.perf_counter() - start)
     del iterator  # shuts the workers down now
     return speed
 
@@ -164,8 +184,9 @@ def best_seconds(fn, repeats, device):
     return min(times[1:])
 
 
-def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16"):
-    """Train then infer `backbone` with `setting` on `batch`; returns pairs/s for both and the training peak memory."""
+def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16", ranking=False):
+    """Train then infer `backbone` with `setting` on `batch` (a `PairBatch` or `ClassBatch`) through train.py's
+    step (`train_one_epoch`); returns seconds a step and pairs/s for both, and the training peak memory."""
     amp_dtype, channels_last, compile_model = SETTINGS[setting]
     reset_peak_memory(device)
     torch.manual_seed(0)
@@ -175,22 +196,78 @@ def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16"):
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if compile_model else model
-    optimizer = make_optimizer(model.parameters(), "sgd", 1e-3, 0.9, 5e-4)
+    optimizer = make_optimizer(model.parameters(), "adam", 1e-4, 0.9, 0.0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    options = dict(amp_dtype=amp_dtype, channels_last=channels_last, show=False)
-    pairs = batch[1].numel()
-    train_step = lambda: run_epoch(step_model, [batch], device, optimizer, scaler, **options)  # noqa: E731
-    train = pairs / best_seconds(train_step, steps, device)
+    pairs = pair_count(batch)
+
+    def train_step():
+        train_one_epoch(step_model, [batch], optimizer, scaler, device, Meter(device), amp_dtype=amp_dtype,
+                        channels_last=channels_last, ranking=ranking, show=False)
+
+    step = best_seconds(train_step, steps, device)
     memory = peak_memory(device)
     step_model.eval()
-    first, second, _ = split_pairs(*batch, device, channels_last)
+    images = inference_inputs(batch, device, channels_last)
 
     def infer():
-        with torch.inference_mode(), \
-                torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            step_model(first, second)
+        with torch.inference_mode(), autocast(device, amp_dtype):
+            step_model(*images)
 
-    return {"train": train, "infer": pairs / best_seconds(infer, steps, device), "memory": memory}
+    return {"step": step, "train": pairs / step, "infer": pairs / best_seconds(infer, steps, device), "memory": memory}
+
+
+def pair_count(batch):
+    """The pairs a step scores: 2 an item, or every pair of a class batch's images."""
+    count = len(batch.images)
+    return count * (count - 1) // 2 if batch.images.dim() == 4 else 2 * count
+
+
+def inference_inputs(batch, device, channels_last):
+    """What the network's forward takes for `batch`'s pairs: the two sides, or one class batch and its pairs."""
+    if batch.images.dim() == 4:
+        images = (batch.images.to(device).float() / 255).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return images, None, torch.triu_indices(len(images), len(images), 1, device=device)
+    first, second, _ = pair_sides(batch, device, channels_last)
+    return first, second
+
+
+def step_flops(batch, input_shape, backbone, device, ranking):
+    """Floating-point operations of one fp32 training step on `batch` (forward and backward), as torch counts them."""
+    model = SiameseNetwork(input_shape, backbone).to(device)
+    optimizer = make_optimizer(model.parameters(), "adam", 1e-4, 0.9, 0.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    with FlopCounterMode(display=False) as counter:
+        train_one_epoch(model, [batch], optimizer, scaler, device, Meter(device), ranking=ranking, show=False)
+    return counter.get_total_flops()
+
+
+def peak_flops(device, size=2048, repeats=5):
+    """The fp32 floating-point operations a second this device reaches on a large matrix product: the practical peak."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return 2 * size ** 3 / best_seconds(lambda: a @ b, repeats, device)
+
+
+def chosen_settings(device, args):
+    """The settings to time on `device`: fp32 ones always; bf16 where native (or with --all_settings); fp16 on
+    CUDA; compile with --compile. Prints which are skipped and why. --quick times fp32 alone."""
+    if args.quick:
+        print("--quick: fp32 alone; the other settings with python bench.py")
+        return ["fp32"]
+    settings = ["fp32", "fp32+channels_last"]
+    if native_bf16(device) or args.all_settings:
+        settings += ["bf16", "bf16+channels_last"]
+    else:
+        print("bf16 skipped: this CPU has no AVX-512 BF16 or AMX, so bfloat16 is emulated and slower than fp32 "
+              "(--all_settings to time it anyway)")
+    if device.type == "cuda":
+        settings.append("fp16+channels_last")
+    if args.compile:
+        settings.append("bf16+channels_last+compile" if "bf16" in settings else "fp32+compile")
+    return settings
+
+
+SETTINGS["fp32+compile"] = (None, False, True)
 
 
 def print_backbone_table(backbones, setting, batch, input_shape, steps, device):
@@ -248,60 +325,114 @@ def default_dataset():
     return glyphs
 
 
-def main(args):
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.dataset = args.dataset or default_dataset()
-    root = os.path.join(args.dataset, "images_background")
-    if not os.path.isdir(root):
-        raise SystemExit(f"error: no dataset at {root}: make one with 'python -m tools.datasets glyphs' "
-                         f"or pass --dataset DIR")
-    paths, labels, class_names, _ = list_images(args.dataset, args.train_own_data)
-    dataset = SiameseDataset(paths, labels, args.input_shape, train=True)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    if args.backbones:
-        print(f"bench: {name}; Siamese backbones at {args.input_shape[0]}x{args.input_shape[1]}, batch "
-              f"{args.batch_size} items = {2 * args.batch_size} pairs, {args.setting}; best of {args.steps} steps; "
-              f"peak memory: {'allocated' if device.type == 'cuda' else 'resident set'}; torch {torch.__version__}")
-        batch = default_collate(dataset.__getitems__(range(args.batch_size)))
-        reset_peak_memory(device)
-        print(f"before any model: {peak_memory(device):.0f} MiB")  # on the CPU, part of every row's figure
-        print_backbone_table(args.backbones, args.setting, batch, args.input_shape, args.steps, device)
-        return
-    print(f"bench: {name}; VGG16 Siamese at {args.input_shape[0]}x{args.input_shape[1]}, batch {args.batch_size} "
-          f"items = {2 * args.batch_size} pairs; {len(paths)} images in {len(class_names)} classes "
-          f"from {args.dataset}; "
-          f"best of {args.steps} steps; torch {torch.__version__}")
-
-    ours, baseline = loader_speed(dataset, args.loader_images)
-    print(f"loader images/s per worker: {ours:.0f} (PIL image by image: {baseline:.0f}; ratio {ours / baseline:.2f}x)")
-
-    batch = default_collate(dataset.__getitems__(range(args.batch_size)))
-    settings = ["fp32", "fp32+channels_last", "bf16", "bf16+channels_last"]
-    if device.type == "cuda":
-        settings.append("fp16+channels_last")
-    if args.compile:
-        settings.append("bf16+channels_last+compile")
+def report_settings(settings, batch, args, device, backbone="vgg16", ranking=False):
+    """Time each setting on `batch`, print a line each and the ratios to fp32; returns {setting: figures}."""
     results = {}
     for setting in settings:
-        results[setting] = time_setting(setting, batch, args.input_shape, args.steps, device)
-        r = results[setting]
+        results[setting] = r = time_setting(setting, batch, args.input_shape, args.steps, device, backbone, ranking)
         print(f"{setting:<28} training pairs/s {r['train']:8.2f}   inference pairs/s {r['infer']:8.2f}   "
               f"peak memory (training) {r['memory']:.0f} MiB", flush=True)
-    fp32 = results["fp32"]
     for setting in settings[1:]:
-        r = results[setting]
+        r, fp32 = results[setting], results["fp32"]
         print(f"ratio {setting} / fp32: training {r['train'] / fp32['train']:.2f}x, "
               f"inference {r['infer'] / fp32['infer']:.2f}x")
+    return results
 
+
+def report_peak(batch, args, device, seconds, backbone, ranking):
+    """Print the fp32 step's floating-point operations and the fraction of this device's measured peak it reaches."""
+    flops, peak = step_flops(batch, args.input_shape, backbone, device, ranking), peak_flops(device)
+    print(f"fp32 step: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s = {flops / seconds / 1e9:.1f} GFLOP/s; "
+          f"peak (a 2048x2048 fp32 matrix product) {peak / 1e9:.1f} GFLOP/s: {100 * flops / seconds / peak:.0f}% of it")
+
+
+def bench_recipe(args, paths, labels, class_names, device):
+    """The from-scratch recipe's step (config/omniglot_scratch.py's pairing, batch and augmentation): the model step
+    per setting, the batch drawn in the main process, and the whole step through train.py's loader."""
+    recipe = read_preset_values()
+    batches = ClassBatches(paths, labels, args.input_shape, args.batch_size, recipe["images_per_class"],
+                           recipe["augmentation"], class_groups(class_names), recipe["negatives"],
+                           class_rotations=recipe["class_rotations"], steps=max(2 * args.steps + 2, 4))
+    batch = batches[0]
+    print(f"the recipe's step: {recipe['backbone']} at {args.input_shape[0]}x{args.input_shape[1]}, "
+          f"{len(batch.images)} images of {recipe['images_per_class']} per class, {pair_count(batch)} pairs, "
+          f"BCE + ranking term, Adam")
+    results = report_settings(chosen_settings(device, args), batch, args, device, recipe["backbone"], True)
+    fp32 = results["fp32"]
+    print(f"fp32 model step {fp32['step']:.3f} s: {1 / fp32['step']:.2f} steps/s, {fp32['train']:.0f} pairs/s")
+    report_peak(batch, args, device, fp32["step"], recipe["backbone"], True)
+    draw = statistics.median(timed(lambda step=step: batches[step]) for step in range(1, 1 + args.steps))
+    print(f"one class batch drawn and augmented in the main process: {draw:.3f} s")
+    for workers in sorted({0, min(args.workers, os.cpu_count() or 1)}):
+        seconds = loop_seconds(batches, workers, device, recipe["backbone"], args.input_shape, args.steps)
+        print(f"whole step, {workers} loader workers (fp32): {seconds:.3f} s = {1 / seconds:.2f} steps/s, "
+              f"{pair_count(batch) / seconds:.0f} pairs/s")
+
+
+def read_preset_values():
+    """config/omniglot_scratch.py's settings, with the config block's defaults for what it leaves out."""
+    import train
+
+    return {**train.CONFIG, **read_preset(RECIPE, train.CONFIG)}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def loop_seconds(batches, workers, device, backbone, input_shape, steps):
+    """Seconds a step of train.py's own loop takes over `batches` with `workers` loader workers: the loader and the
+    model together, after one warm-up step."""
+    torch.manual_seed(0)
+    model = SiameseNetwork(input_shape, backbone).to(device)
+    optimizer = make_optimizer(model.parameters(), "adam", 1e-4, 0.9, 0.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    loader = make_loader(batches, workers, device.type == "cuda")
+    times = []
+
+    def after_step(step, meter):
+        times.append(time.perf_counter())
+        return len(times) > steps
+
+    train_one_epoch(model, loader, optimizer, scaler, device, Meter(device), ranking=True, show=False,
+                    after_step=after_step)
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def bench_gallery(args, device):
+    """One query against `args.gallery` cached synthetic embeddings, scored as predict.py --gallery scores them."""
+    backbone = "resnet18"
+    features = flat_features(args.input_shape, backbone)
+    torch.manual_seed(0)
+    predictor = Siamese.from_network(SiameseNetwork(args.input_shape, backbone).to(device), args.input_shape, device)
+    embeddings = torch.rand(args.gallery, features).relu_()  # backbone features are non-negative
+    query = torch.rand(1, features)
+    reset_peak_memory(device)
+    before = peak_memory(torch.device("cpu"))
+    seconds = best_seconds(lambda: predictor.score_pairs(query, embeddings), args.steps, device)
+    extra = peak_memory(torch.device("cpu")) - before
+    print(f"gallery query: {args.gallery} cached embeddings of {features} features ({backbone} at "
+          f"{args.input_shape[0]}x{args.input_shape[1]}, {embeddings.numel() * 4 / 2**20:.0f} MiB held): "
+          f"{seconds * 1000:.1f} ms a query, {args.gallery / seconds / 1e6:.1f} M pairs/s; "
+          f"memory beyond the embeddings while scoring: {max(extra, 0):.0f} MiB")
+
+
+def bench_items(args, paths, labels, class_names, device):
+    """The original's defaults: pair items on VGG16 (loader, settings, workers keep-up, a one-shot task)."""
+    dataset = PairItems(paths, labels, args.input_shape, args.batch_size, steps=max(16, 2 * args.steps + 2),
+                        train=True)
+    ours, baseline = loader_speed(PairItems(paths, labels, args.input_shape, max(1, min(32, args.loader_images // 4)),
+                                            train=True), args.loader_images)
+    print(f"loader images/s per worker: {ours:.0f} (PIL image by image: {baseline:.0f}; ratio {ours / baseline:.2f}x)")
+    results = report_settings(chosen_settings(device, args), dataset[0], args, device)
+    report_peak(dataset[0], args, device, results["fp32"]["step"], "vgg16", False)
     workers = min(args.workers, os.cpu_count() or 1)
-    batches = 2 if args.quick else 8
-    supply = workers_speed(dataset, args.batch_size, workers, batches, device.type == "cuda")
+    supply = workers_speed(dataset, workers, 2 if args.quick else 8, device.type == "cuda")
     demand = 2 * max(r["train"] for r in results.values())  # two images per pair
     print(f"DataLoader with {workers} workers: {supply:.0f} images/s; the fastest training setting uses {demand:.0f} "
           f"images/s ({'keeps up' if supply >= demand else 'the loader is the bottleneck'})")
-
     times = time_oneshot_task(paths, labels, args.input_shape, args.way, args.steps, device)
     print(f"one {args.way}-way task ({times['pairs']} pairs, fp32, images preprocessed): "
           f"cached embeddings, head only {times['cached'] * 1000:.2f} ms; "
@@ -309,6 +440,37 @@ def main(args):
           f"every pair through the network {times['full_network'] * 1000:.0f} ms "
           f"({times['full_network'] / times['embed_once']:.1f}x and "
           f"{times['full_network'] / times['cached']:.0f}x slower)")
+
+
+def main(args):
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    if args.gallery:
+        print(f"bench: {name}; torch {torch.__version__}")
+        return bench_gallery(args, device)
+    args.dataset = args.dataset or default_dataset()
+    root = os.path.join(args.dataset, "images_background")
+    if not os.path.isdir(root):
+        raise SystemExit(f"error: no dataset at {root}: make one with 'python -m tools.datasets glyphs' "
+                         f"or pass --dataset DIR")
+    paths, labels, class_names, _ = list_images(args.dataset, args.train_own_data)
+    print(f"bench: {name}; {len(paths)} images in {len(class_names)} classes from {args.dataset}; best of "
+          f"{args.steps} steps; torch {torch.__version__}")
+    if args.backbones:
+        batch = PairItems(paths, labels, args.input_shape, args.batch_size, train=True)[0]
+        print(f"Siamese backbones at {args.input_shape[0]}x{args.input_shape[1]}, batch {args.batch_size} items = "
+              f"{2 * args.batch_size} pairs, {args.setting}; peak memory: "
+              f"{'allocated' if device.type == 'cuda' else 'resident set'}")
+        reset_peak_memory(device)
+        print(f"before any model: {peak_memory(device):.0f} MiB")  # on the CPU, part of every row's figure
+        return print_backbone_table(args.backbones, args.setting, batch, args.input_shape, args.steps, device)
+    if args.pairing == "batch":
+        return bench_recipe(args, paths, labels, class_names, device)
+    print(f"VGG16 Siamese at {args.input_shape[0]}x{args.input_shape[1]}, batch {args.batch_size} items = "
+          f"{2 * args.batch_size} pairs")
+    bench_items(args, paths, labels, class_names, device)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,16 @@
 
     python eval_oneshot.py --runs all_runs --model_path W.pth                   # Lake's 20 official runs
     python eval_oneshot.py --dataset dataset/images_evaluation --way 20 --shot 1 --trials 400 --within_alphabet True
-    python eval_oneshot.py --verify --dataset DIR --pairs 2000                  # ROC AUC and where to cut
+    python eval_oneshot.py --verify --dataset DIR --pairs 2000 --save roc.png   # ROC AUC, where to cut, calibration
 The speed of a 20-way task (cached embeddings against every pair through the network) is in `python bench.py`.
 """
 import argparse
 import sys
 
-from siamese import add_predictor_args, check_predictor_args, predictor_from_args
-from utils.config import parse_bool
-from utils.errors import DataError, ImageError, WeightsError
+from siamese import add_predictor_args, assumed_size_note, check_predictor_args, predictor_from_args
+from utils.configurator import parse_bool
+from utils.errors import DataError, ImageError, SaveError, WeightsError
+from utils.files import output_problem
 from utils.oneshot import evaluate_folder, evaluate_runs, evaluate_verification
 
 
@@ -30,9 +31,16 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verify", action="store_true", help="pair verification: ROC AUC and the best threshold")
     parser.add_argument("--pairs", type=int, default=1000, help="labelled pairs for --verify (half same class)")
+    parser.add_argument("--save", default="", help="with --verify: draw the ROC curve (the threshold marked) and the "
+                        "reliability diagram to this image file")
     args = parser.parse_args(argv)
     if args.verify and not args.dataset:
         parser.error("--verify needs --dataset")
+    if args.save and not args.verify:
+        parser.error("--save goes with --verify")
+    problem = args.save and output_problem(args.save, "--save")
+    if problem:
+        parser.error(problem)
     if min(args.way, args.shot, args.trials, args.pairs) < 1 or args.way < 2:
         parser.error("--way must be at least 2; --shot, --trials and --pairs at least 1")
     check_predictor_args(parser, args)
@@ -57,24 +65,38 @@ def report_folder(model, args):
 
 
 def report_verify(model, args):
-    result = evaluate_verification(model, args.dataset, args.pairs, args.seed, args.own_data)
-    print(f"{result['pairs']} pairs ({result['positives']} same class): ROC AUC {result['auc']:.4f}")
-    for name, at in (("best threshold", result["best"]), ("threshold 0.5", result["at_0.5"])):
+    recorded = model.settings["threshold"][1] != "default"
+    result = evaluate_verification(model, args.dataset, args.pairs, args.seed, args.own_data,
+                                   threshold=model.threshold if recorded else None)
+    print(f"{result['pairs']} pairs ({result['positives']} same class): ROC AUC {result['auc']:.4f}, "
+          f"expected calibration error {result['ece']:.4f} (10 bins)")
+    lines = [("best threshold", result["best"]), ("threshold 0.5", result["at_0.5"])]
+    if recorded:
+        lines.append((f"recorded ({model.settings['threshold'][1]})", result["recorded"]))
+    for name, at in lines:
         print(f"  {name:15s} {at['threshold']:.4f}: accuracy {100 * at['accuracy']:.1f}%, "
               f"precision {100 * at['precision']:.1f}%, recall {100 * at['recall']:.1f}%")
+    if args.save:
+        from utils.figures import draw_verification
+
+        draw_verification(result["scores"], result["labels"], model.threshold, args.save)
+        print(f"wrote {args.save}: ROC curve and reliability diagram")
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         model = predictor_from_args(args, verbose=False)
+        note = assumed_size_note(model)
+        if note:
+            print(note, file=sys.stderr)
         if args.verify:
             report_verify(model, args)
         elif args.runs:
             report_runs(model, args)
         else:
             report_folder(model, args)
-    except (WeightsError, DataError, ImageError) as e:
+    except (WeightsError, DataError, ImageError, SaveError) as e:
         raise SystemExit(f"error: {e}")
 
 

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nets.siamese import check_input_shape
-from siamese import Siamese
-from utils.checkpoint import atomic_path, output_problem
+from siamese import add_predictor_args, check_predictor_args, predictor_from_args
 from utils.errors import ImageError, SaveError, WeightsError
+from utils.files import atomic_path, output_problem
 from utils.images import preprocess
 
 EXTRAS = "export.py needs onnx, onnxscript and onnxruntime: pip install -r requirements-extras.txt"
@@ -55,21 +54,15 @@ class Embedder(nn.Module):
 
 def parse_args(argv=None):
     """The command line (`argv`, default sys.argv) -> argparse namespace; argparse's error for an impossible size."""
-    defaults = Siamese._defaults
     parser = argparse.ArgumentParser(description="Export Siamese weights to ONNX, checked with onnxruntime.")
-    parser.add_argument("--model_path", default=defaults["model_path"], help="trained Siamese weights (.pth)")
-    parser.add_argument("--input_shape", type=int, nargs=2, default=defaults["input_shape"], metavar=("H", "W"),
-                        help="the input size the weights were trained at; the ONNX model takes exactly this size")
+    add_predictor_args(parser)  # the ONNX model takes exactly the input size; --cuda is not used (CPU export)
     parser.add_argument("--out", required=True, help="the .onnx file to write, in an existing folder")
     parser.add_argument("--embedder", action="store_true",
                         help="export the embedder alone (image in, embedding out) instead of the pair scorer")
     parser.add_argument("--check_images", nargs="+", default=[], metavar="IMAGE",
                         help="real images for the parity check (2 or more); default: synthetic ones")
     args = parser.parse_args(argv)
-    try:
-        check_input_shape(args.input_shape)
-    except ValueError as e:
-        parser.error(str(e))
+    check_predictor_args(parser, args)
     if len(args.check_images) == 1:
         parser.error("--check_images takes 2 or more images")
     return args
@@ -160,8 +153,10 @@ def checked_inputs(args):
         raise SystemExit(f"error: {problem}")
     require_extras()
     try:
-        net = Siamese(model_path=args.model_path, input_shape=args.input_shape, cuda=False, verbose=False).net
-        return net, check_batches(args.check_images, args.embedder, args.input_shape)
+        args.cuda = False
+        predictor = predictor_from_args(args, verbose=False)
+        args.input_shape = predictor.input_shape  # given, or from the weights' settings file
+        return predictor.net, check_batches(args.check_images, args.embedder, args.input_shape)
     except (WeightsError, ImageError) as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -10,13 +10,13 @@ import argparse
 import os
 import sys
 
-from siamese import add_predictor_args, check_predictor_args, predictor_from_args
-from utils.checkpoint import atomic_write, output_problem
-from utils.config import parse_bool
+from siamese import add_predictor_args, assumed_size_note, check_predictor_args, predictor_from_args
+from utils.configurator import parse_bool
 from utils.errors import DataError, ImageError, SaveError, WeightsError
+from utils.files import atomic_write, output_problem
 from utils.gallery import rank_gallery
 from utils.images import open_image
-from utils.oneshot import metrics_at, roc_auc
+from utils.metrics import metrics_at, roc_auc
 from utils.pairs import read_pairs, resolve_pairs, score_path_pairs, scores_csv
 
 MAX_WARNINGS = 10  # unreadable images named on stderr; the rest only in the output's error column
@@ -30,6 +30,17 @@ def at_least_one(text):
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def probability(text):
+    """argparse type: a number in [0, 1], else argparse's one-line error (nan is none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not 0 <= value <= 1:  # false for nan too
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text}")
     return value
 
 
@@ -55,14 +66,16 @@ def parse_args(argv=None):
                         help="rank this folder's images (and class subfolders) by similarity to one query image")
     parser.add_argument("--top", type=at_least_one, default=5, help="how many gallery matches to print (1 or more)")
     parser.add_argument("--save", default="",
-                        help="write the side-by-side figure to this file (.png, .pdf, .svg, ...) in an existing folder")
+                        help="write the figure (the two images side by side; with --gallery the query and its top "
+                             "matches) to this file (.png, .pdf, .svg, ...) in an existing folder")
     parser.add_argument("--show", type=parse_bool, default=None, metavar="True|False",
                         help="open a window with the figure (default: only in the interactive loop)")
     parser.add_argument("--pairs", default="",
                         help="score every pair this CSV lists (image_1,image_2[,label] per line; header optional)")
     parser.add_argument("--out", default="", help="with --pairs: the scores CSV (default: <pairs>_scores.csv)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="with labelled --pairs: a pair scoring at least this is called the same (default 0.5)")
+    parser.add_argument("--threshold", type=probability, default=None,
+                        help="a pair scoring at least this is called the same (default: the one recorded in the "
+                             "weights' settings file, else 0.5)")
     args = parser.parse_args(argv)
     check_pairs_args(parser, args)
     if args.gallery and len(args.images) != 1:
@@ -114,16 +127,16 @@ def report_labels(scores, labels, threshold):
           f"({sum(truth)} same){left_out}")
 
 
-def score_pairs_file(model, pairs_path, header, rows, out, threshold):
+def score_pairs_file(model, pairs_path, header, rows, out):
     """Score every pair of a read pairs CSV, write the scores CSV atomically and print the summary."""
     pairs = resolve_pairs(pairs_path, rows)
     scores, unreadable, embedded = score_path_pairs(model, pairs)
     warn_unreadable(pairs_path, rows, pairs, unreadable, out)
-    atomic_write(scores_csv(header, rows, scores, pairs, unreadable).encode("utf-8"), out)
+    atomic_write(scores_csv(header, rows, scores, pairs, unreadable, model.threshold).encode("utf-8"), out)
     print(f"{len(pairs)} pairs over {embedded + len(unreadable)} distinct images: embedded {embedded}, "
           f"{len(unreadable)} unreadable, {scores.count(None)} pair(s) not scored; wrote {out}")
     if len(rows[0][1]) == 3:
-        report_labels(scores, [fields[2] for _, fields in rows], threshold)
+        report_labels(scores, [fields[2] for _, fields in rows], model.threshold)
 
 
 def ask_image(prompt):
@@ -139,11 +152,17 @@ def ask_image(prompt):
             print(f"Open Error! {e}. Try again!")
 
 
-def search_gallery(model, gallery, query, top):
-    """Print the gallery's best-matching images and classes for `query`."""
+def search_gallery(model, gallery, query, top, save_path=None, show=False):
+    """Print the gallery's best-matching images and classes for `query`; draw them when `save_path` or `show`."""
     try:
-        images, classes = rank_gallery(model, gallery, open_image(query), top)
-    except (ImageError, DataError) as e:
+        query_image = open_image(query)
+        images, classes = rank_gallery(model, gallery, query_image, top)
+        if save_path or show:
+            from utils.figures import draw_matches
+
+            matches = [(score, open_image(os.path.join(gallery, name)), name) for score, name in images]
+            draw_matches(query_image, query, matches, model.threshold, save_path, show)
+    except (ImageError, DataError, SaveError) as e:
         raise SystemExit(f"error: {e}")
     print(f"Top {len(images)} images in {gallery} for {query}:")
     for score, name in images:
@@ -155,13 +174,25 @@ def search_gallery(model, gallery, query, top):
 
 
 def load_predictor(args):
-    """The predictor the arguments name; ends with a one-line error when its weights cannot be used."""
+    """The predictor the arguments name; ends with a one-line error when its weights cannot be used. Says on
+    stderr when the input size is assumed, not known from the weights."""
     try:
-        return predictor_from_args(args, verbose=not (args.images or args.pairs))
+        model = predictor_from_args(args, verbose=not (args.images or args.pairs), threshold=args.threshold)
     except WeightsError as e:
         hint = ("" if os.path.exists(args.model_path)
                 else "; train first and pass --model_path logs/best_epoch_weights.pth")
         raise SystemExit(f"error: {e}{hint}")
+    note = assumed_size_note(model)
+    if note:
+        print(note, file=sys.stderr)
+    return model
+
+
+def verdict(model, probability):
+    """"same (threshold 0.620 from W.json)": the verdict on a similarity, and the threshold that gave it."""
+    value, source = model.settings["threshold"]
+    where = {"given": "given", "default": "default"}.get(source, source)
+    return f"{model.verdict(probability)} (threshold {value:.3f}, {where})"
 
 
 def main(argv=None):
@@ -177,19 +208,19 @@ def main(argv=None):
         if problem:
             raise SystemExit(f"error: {problem}")
         try:
-            return score_pairs_file(load_predictor(args), args.pairs, header, rows, args.out, args.threshold)
+            return score_pairs_file(load_predictor(args), args.pairs, header, rows, args.out)
         except SaveError as e:
             raise SystemExit(f"error: {e}")
     model = load_predictor(args)
     if args.gallery:
-        return search_gallery(model, args.gallery, args.images[0], args.top)
+        return search_gallery(model, args.gallery, args.images[0], args.top, args.save or None, bool(args.show))
     if args.images:
         try:
             image_1, image_2 = (open_image(path) for path in args.images)
         except ImageError as e:
             raise SystemExit(f"error: {e}")
-        show = bool(args.show)
-        print(f"{model.detect_image(image_1, image_2, show=show, save_path=args.save or None):.4f}")
+        probability = model.detect_image(image_1, image_2, show=bool(args.show), save_path=args.save or None)
+        print(f"{probability:.4f} {verdict(model, probability)}")
         return
     show = args.show is not False
     while True:
@@ -200,7 +231,8 @@ def main(argv=None):
             return
         save_path = args.save or None
         probability = model.detect_image(first[1], second[1], show=show, save_path=save_path)
-        print(f"Similarity of {os.path.basename(first[0])} and {os.path.basename(second[0])}: {probability:.4f}")
+        print(f"Similarity of {os.path.basename(first[0])} and {os.path.basename(second[0])}: {probability:.4f} "
+              f"{verdict(model, probability)}")
 
 
 if __name__ == "__main__":

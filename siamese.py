@@ -1,64 +1,120 @@
 """The predictor: loads trained weights and scores how similar two images are."""
 import torch
+from tqdm import tqdm
 
-from nets.siamese import SiameseNetwork, backbone_of, check_input_shape
-from utils.checkpoint import load_exact, load_weights
-from utils.config import parse_bool, show_config
+from nets.siamese import SiameseNetwork, backbone_of, check_input_shape, flat_features
+from utils.configurator import parse_bool, show_config
+from utils.errors import WeightsError
 from utils.images import preprocess
-from utils.loop import embed_images
+from utils.weights import load_exact, read_weights, settings_path
+
+SCORE_CHUNK = 4096  # pairs the head scores at a time: bounds the memory of gathered embeddings
+EMBED_BATCH = 64
 
 
 class Siamese:
     """Similarity of image pairs with trained Siamese weights.
 
-    Class-level defaults can be overridden by keyword: Siamese(model_path="logs/best_epoch_weights.pth").
+    Settings are keywords, each optional: Siamese(model_path="logs/best_epoch_weights.pth"). What is not given is
+    taken from the settings file training wrote beside the weights (`best_epoch_weights.json`, or the config in a
+    `last.ckpt`), else from `defaults`. A value given that contradicts that file raises WeightsError naming both.
+    `settings` says, for each name, the value used and where it came from.
     """
 
-    _defaults = {
+    defaults = {
         "model_path": "model_data/Omniglot_vgg.pth",
         "input_shape": [105, 105],  # the size the weights were trained at
         "letterbox_image": False,  # False: resize + centre crop (as validation); True: keep aspect, grey padding
-        "cuda": torch.cuda.is_available(),
+        "cuda": None,  # None: a GPU when there is one
+        "threshold": 0.5,  # similarity from which a pair is called the same
     }
 
-    def __init__(self, verbose=True, **kwargs):
-        unknown = set(kwargs) - set(self._defaults)
+    def __init__(self, verbose=True, **given):
+        unknown = set(given) - set(self.defaults)
         if unknown:
-            raise TypeError(f"unknown Siamese settings {sorted(unknown)}; valid: {sorted(self._defaults)}")
-        self.__dict__.update(self._defaults)
-        self.__dict__.update(kwargs)
-        self.input_shape = list(self.input_shape)
-        check_input_shape(self.input_shape)
-        self.device = torch.device("cuda" if self.cuda and torch.cuda.is_available() else "cpu")
-        state = load_weights(self.model_path)
-        net = SiameseNetwork(self.input_shape, backbone_of(state))  # the weights say which backbone they need
+            raise TypeError(f"unknown Siamese settings {sorted(unknown)}; valid: {sorted(self.defaults)}")
+        self.model_path = given.get("model_path") or self.defaults["model_path"]
+        state, recorded, source = read_weights(self.model_path)
+        self.settings = choose_settings(given, recorded, source, self.model_path)
+        self.input_shape = list(self.settings["input_shape"][0])
+        self.letterbox_image = self.settings["letterbox_image"][0]
+        self.threshold = self.settings["threshold"][0]
+        cuda = self.settings["cuda"][0]
+        self.device = torch.device("cuda" if (torch.cuda.is_available() if cuda is None else cuda) else "cpu")
+        backbone = recorded.get("backbone") or backbone_of(state)
+        check_input_shape(self.input_shape, backbone)
+        check_feature_count(state, self.input_shape, backbone, self.model_path)
+        net = SiameseNetwork(self.input_shape, backbone)
         self.net = load_exact(net, state, self.model_path).to(self.device).eval()
         if verbose:
-            show_config(**{k: getattr(self, k) for k in self._defaults})
+            show_config(**{name: describe(*self.settings[name]) for name in self.defaults})
+
+    @classmethod
+    def from_network(cls, net, input_shape, device, letterbox_image=False):
+        """A predictor around a network in memory (training's, for its per-epoch one-shot check); `net` is put in
+        eval mode while the predictor is used and left so."""
+        predictor = cls.__new__(cls)
+        predictor.model_path, predictor.net, predictor.device = None, net.eval(), device
+        predictor.input_shape, predictor.letterbox_image, predictor.threshold = list(input_shape), letterbox_image, 0.5
+        predictor.settings = {}
+        return predictor
 
     def preprocess(self, image):
         """A PIL image, uint8 tensor or path -> (3, H, W) float tensor at this model's input size."""
         return preprocess(image, self.input_shape, self.letterbox_image)
 
-    def embed(self, images, batch_size=64, progress=False, desc="embedding"):
-        """A list of PIL images, tensors or paths -> (N, flat) float backbone features on the CPU, in batches.
+    @torch.inference_mode()
+    def embed(self, images, batch_size=EMBED_BATCH, progress=False, desc="embedding"):
+        """A list of PIL images, uint8 tensors or paths -> (N, flat) float32 backbone features on the CPU.
 
-        The one embedding path of prediction, evaluation and gallery search (`utils.loop.embed_images`, which
-        training's per-epoch one-shot check uses too); `progress` shows a tqdm bar.
+        The one embedding path of prediction, evaluation, gallery search and training's per-epoch one-shot check:
+        `preprocess`, then the backbone, `batch_size` images at a time; `progress` shows a tqdm bar.
         """
-        return embed_images(self.net, images, self.input_shape, self.device, self.letterbox_image, batch_size,
-                            progress, desc)
+        self.net.eval()
+        chunks = []
+        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
+                chunks.append(self.net.embed(batch.to(self.device)).float().cpu())
+                bar.update(len(batch))
+        return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
     @torch.inference_mode()
-    def score_pairs(self, emb1, emb2):
-        """Embeddings (N, flat) and (N, flat) (or one row broadcast) -> (N,) similarity probabilities."""
-        emb1, emb2 = torch.broadcast_tensors(emb1.to(self.device), emb2.to(self.device))
-        return torch.sigmoid(self.net.score(emb1, emb2)).squeeze(1).cpu()
+    def score_pairs(self, emb1, emb2, logits=False):
+        """Embeddings (N, flat) and (N, flat), either of them one row broadcast against the other -> (N,) similarity
+        probabilities on the CPU (the head's logits with `logits`, which rank without ties at saturation).
+
+        The one scoring path: gallery, pair lists, one-shot tasks and verification all come here, SCORE_CHUNK pairs
+        at a time.
+        """
+        count = max(len(emb1), len(emb2))
+        scores = []
+        for start in range(0, count, SCORE_CHUNK):
+            rows = slice(start, start + SCORE_CHUNK)
+            first = emb1 if len(emb1) == 1 else emb1[rows]
+            second = emb2 if len(emb2) == 1 else emb2[rows]
+            first, second = torch.broadcast_tensors(first.to(self.device), second.to(self.device))
+            scores.append(self.net.score(first, second).squeeze(1).float().cpu())
+        scores = torch.cat(scores) if scores else torch.empty(0)
+        return scores if logits else torch.sigmoid(scores)
+
+    def score_indexed(self, embeddings, first, second, logits=False):
+        """Similarities of the pairs (embeddings[first[k]], embeddings[second[k]]) -> (P,), gathered SCORE_CHUNK pairs
+        at a time so that memory stays bounded by the chunk, whatever the number of pairs."""
+        first, second = torch.as_tensor(first, dtype=torch.long), torch.as_tensor(second, dtype=torch.long)
+        parts = [self.score_pairs(embeddings[first[start:start + SCORE_CHUNK]],
+                                  embeddings[second[start:start + SCORE_CHUNK]], logits)
+                 for start in range(0, len(first), SCORE_CHUNK)]
+        return torch.cat(parts) if parts else torch.empty(0)
 
     def similarity(self, image_1, image_2):
         """Similarity probability in [0, 1] of two images (PIL, tensor or path)."""
         emb = self.embed([image_1, image_2])
         return float(self.score_pairs(emb[:1], emb[1:]))
+
+    def verdict(self, similarity):
+        """"same" when `similarity` reaches this predictor's threshold, else "different"."""
+        return "same" if similarity >= self.threshold else "different"
 
     def detect_image(self, image_1, image_2, show=True, save_path=None):
         """Return the similarity (a float in [0, 1], 1 = same class) of two PIL images, and draw them.
@@ -68,46 +124,89 @@ class Siamese:
         """
         probability = self.similarity(image_1, image_2)
         if show or save_path:
+            from utils.figures import draw_pair
+
             draw_pair(image_1, image_2, f"Similarity: {probability:.3f}", save_path, show)
         return probability
 
 
+def choose_settings(given, recorded, source, model_path):
+    """{name: (value, where it came from)} for every predictor setting.
+
+    A value in `given` (not None) wins over the one `recorded` with the weights (in the file `source`), which wins
+    over the default; a given input_shape or letterbox_image that differs from the recorded one raises WeightsError
+    naming both.
+    """
+    chosen = {}
+    for name, default in Siamese.defaults.items():
+        value = given.get(name)
+        if name in ("input_shape", "letterbox_image") and value is not None and name in recorded:
+            if (list(value) if name == "input_shape" else value) != recorded[name]:
+                raise WeightsError(f"{name} {list(value) if name == 'input_shape' else value} contradicts "
+                                   f"{recorded[name]} recorded in {source} for {model_path}: leave {name} out to "
+                                   f"use the recorded value")
+        if value is not None:
+            chosen[name] = (value, "given")
+        elif name in recorded:
+            chosen[name] = (recorded[name], f"from {source}")
+        else:
+            chosen[name] = (default, "default")
+    return chosen
+
+
+def describe(value, source):
+    """A settings table cell: the value and where it came from."""
+    return f"{value} ({source})"
+
+
+def check_feature_count(state, input_shape, backbone, path):
+    """Raise WeightsError naming `path` when the weights' head takes another feature count than `input_shape`
+    gives, before any network is built at that size (a typo such as 10500 would allocate hundreds of GB)."""
+    weight = state.get("fully_connect1.weight")
+    expected = flat_features(input_shape, backbone)
+    if weight is not None and weight.dim() == 2 and weight.shape[1] != expected:
+        raise WeightsError(f"{path}: fully_connect1.weight has shape {list(weight.shape)}, expected [512, {expected}]; "
+                           f"these weights take {weight.shape[1]} backbone features, input_shape {list(input_shape)} "
+                           f"gives {expected}: pass the input_shape the weights were trained at")
+
+
 def add_predictor_args(parser):
-    """Add the predictor's settings (--model_path, --input_shape, --letterbox_image, --cuda) to an argparse parser."""
-    defaults = Siamese._defaults
+    """Add the predictor's settings (--model_path, --input_shape, --letterbox_image, --cuda) to an argparse parser.
+
+    Each defaults to None, meaning: from the weights' settings file, else `Siamese.defaults`.
+    """
+    defaults = Siamese.defaults
     parser.add_argument("--model_path", default=defaults["model_path"], help="trained Siamese weights (.pth)")
-    parser.add_argument("--input_shape", type=int, nargs=2, default=defaults["input_shape"], metavar=("H", "W"),
-                        help="the input size the weights were trained at")
-    parser.add_argument("--letterbox_image", type=parse_bool, default=defaults["letterbox_image"], metavar="True|False",
-                        help="keep aspect ratio with grey padding instead of resize + centre crop")
-    parser.add_argument("--cuda", type=parse_bool, default=defaults["cuda"], metavar="True|False")
+    parser.add_argument("--input_shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help=f"the input size the weights were trained at (default: from the weights' .json "
+                             f"settings file, else {defaults['input_shape'][0]} {defaults['input_shape'][1]})")
+    parser.add_argument("--letterbox_image", type=parse_bool, default=None, metavar="True|False",
+                        help="keep aspect ratio with grey padding instead of resize + centre crop (default: from "
+                             "the settings file, else False)")
+    parser.add_argument("--cuda", type=parse_bool, default=None, metavar="True|False",
+                        help="use the GPU (default: when there is one)")
 
 
 def check_predictor_args(parser, args):
     """End the program with argparse's one-line error when the `add_predictor_args` settings cannot work."""
+    if args.input_shape is None:
+        return
     try:
         check_input_shape(args.input_shape)
     except ValueError as e:
         parser.error(str(e))
 
 
-def predictor_from_args(args, verbose=True):
-    """A Siamese predictor from parsed `add_predictor_args` settings."""
+def predictor_from_args(args, verbose=True, **extra):
+    """A Siamese predictor from parsed `add_predictor_args` settings (and `extra` ones such as threshold)."""
     return Siamese(model_path=args.model_path, input_shape=args.input_shape, letterbox_image=args.letterbox_image,
-                   cuda=args.cuda, verbose=verbose)
+                   cuda=args.cuda, verbose=verbose, **extra)
 
 
-def draw_pair(image_1, image_2, title, save_path=None, show=True):
-    """Two PIL images side by side under `title`; saved and/or shown (never blocks without a display)."""
-    import matplotlib.pyplot as plt  # only here: importing the predictor must leave matplotlib's backend alone
-
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3.4))
-    for ax, image in zip(axes, (image_1, image_2)):
-        ax.imshow(image)
-        ax.axis("off")
-    fig.suptitle(title)
-    if save_path:
-        fig.savefig(save_path, bbox_inches="tight")
-    if show and fig.canvas.required_interactive_framework:  # None for Agg and other file-only backends
-        plt.show()
-    plt.close(fig)
+def assumed_size_note(predictor):
+    """A one-line note when the input size is the default, not recorded with the weights nor given; else ""."""
+    value, source = predictor.settings["input_shape"]
+    if source != "default":
+        return ""
+    return (f"note: {predictor.model_path} has no settings file ({settings_path(predictor.model_path)}); "
+            f"assuming input_shape {value[0]} {value[1]} (pass --input_shape to change it)")

@@ -1,49 +1,46 @@
 """Train the Siamese network on Omniglot or on your own image folders.
 
-Edit the config block below, or override any name on the command line with the same spelling:
+Edit the config block below, start from a preset, and override any name on the command line:
     python train.py --Epoch 5 --batch_size 8 --input_shape 64 64 --pretrained False
-    python train.py --demo    # offline: builds the embedded glyph set, trains on it, reports one-shot accuracy
+    python train.py config/omniglot_scratch.py --Epoch 30   # the from-scratch recipe of the README
+    python train.py --demo                                  # offline: the embedded glyphs, trained and evaluated
 Several GPUs (or CPU processes with gloo): torchrun --nproc_per_node=N train.py ...
 """
-import argparse
 import datetime
-import importlib.util
-import math
 import os
 import random
-import signal
 import sys
 import time
-from collections import Counter
+from types import SimpleNamespace
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from nets.siamese import BACKBONES, SiameseNetwork, check_input_shape, flat_features
+from nets.siamese import SiameseNetwork
+from siamese import Siamese
 from utils import distributed as ddp
-from utils.augment import AUGMENTATIONS
-from utils.callbacks import LossHistory, TensorBoardLog
-from utils.checkpoint import (IMAGENET_WEIGHTS_URLS, atomic_save, load_checkpoint, load_imagenet_weights,
-                              load_matching, load_weights, save_checkpoint, set_rng_state, unwrap)
-from utils.config import config_comments, parse_config, show_config
-from utils.dataloader import (NEGATIVES, PAIRINGS, SPLITS, ClassBatches, SiameseDataset, class_groups, list_images,
-                              split_indices)
-from utils.distributed import native_bf16
-from utils.errors import ConfigError, DataError, ImageError, NonFiniteLoss, SaveError, WeightsError
-from utils.loop import run_epoch
+from utils.checkpoint import save_checkpoint, set_rng_state
+from utils.config import parse_train_config as parse_config
+from utils.configurator import config_comments, show_config
+from utils.dataloader import load_training_data
+from utils.engine import Meter, StopSignals, evaluate, train_one_epoch
+from utils.errors import ConfigError, DataError, ImageError, NonFiniteLoss, SaveError, WeightsError, one_line
+from utils.history import LossHistory, TensorBoardLog
+from utils.metrics import best_threshold, platt_scaling
 from utils.oneshot import evaluate_split
-from utils.rundir import claim_save_dir, release
-from utils.schedule import MIN_STEPS, OPTIMIZERS, SCHEDULES, lr_at_epoch, make_optimizer, scaled_lr, set_lr
+from utils.rundir import claim_save_dir, release, save_epoch_weights
+from utils.schedule import MIN_STEPS, lr_at_epoch, make_optimizer, scaled_lr, set_lr
+from utils.weights import IMAGENET_WEIGHTS_URLS, load_imagenet_weights, load_matching, load_weights, unwrap
 
-# config: edit here, or pass --name value on the command line
+# config: edit here, or pass --name value on the command line (presets in config/ set several at once)
 Cuda = True  # use a GPU when there is one; falls back to the CPU
 distributed = False  # DDP; torchrun sets it up by itself, this only insists on a launcher
 sync_bn = False  # convert batch norms to SyncBatchNorm under DDP (every backbone but vgg16 has them)
 fp16 = False  # CUDA mixed precision: float16 autocast with a grad scaler
 bf16 = "auto"  # bfloat16 autocast (no scaler needed); "auto": where the GPU or CPU does bf16 natively
 channels_last = "auto"  # NHWC memory format, faster with bf16/fp16; "auto": when bf16 or fp16 is on
-compile = False  # torch.compile the model
+compile = False  # torch.compile the model (on a CPU it costs minutes to compile and does not pay: docs/results.md)
 dataset_path = "dataset"  # folder holding images_background/
 input_shape = [105, 105]  # [height, width]; multiples of 32 waste nothing
 train_own_data = False  # False: images_background/<alphabet>/<character>/; True: images_background/<class>/
@@ -55,6 +52,7 @@ pairing = "items"  # "items": each item a positive and a negative pair (the orig
 images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
 loss = "bce"  # "bce": the head's pair probabilities (the original); "bce_ranking": plus a one-shot softmax (README)
 class_rotations = False  # pairing "batch": each class turned 90/180/270 degrees is 3 more classes (for drawings)
+class_mirrors = False  # pairing "batch": each class (and each turn of it) mirrored is one more class (for drawings)
 backbone = "vgg16"  # vgg16 (the original's), vgg16_bn, resnet18 (fastest from scratch), resnet50, mobilenet_v3_large
 pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded
@@ -64,208 +62,216 @@ Init_Epoch = 0  # first epoch to run (0-based)
 Epoch = 100  # total number of epochs
 batch_size = 32  # items per step over all processes; each item is 2 pairs
 Init_lr = 1e-2  # learning rate at the nominal batch of 64; scaled to batch_size and clamped
-Min_lr = Init_lr * 0.01  # final learning rate; follows Init_lr unless given
+Min_lr = "auto"  # final learning rate; "auto": Init_lr * 0.01
 optimizer_type = "auto"  # "sgd" or "adam"; "auto": sgd from ImageNet or model_path weights (the original), else adam
 momentum = 0.9  # SGD momentum, or Adam's first beta
-weight_decay = 5e-4  # L2 penalty of the optimiser; follows it unless given: 5e-4 with sgd, 0 with adam
+weight_decay = "auto"  # L2 penalty of the optimiser; "auto": 5e-4 with sgd (the original), 0 with adam
 lr_decay_type = "cos"  # "cos" or "step"
+ema_decay = 0.0  # validate and save an exponential moving average of the weights, this decay a step (0: off)
+calibrate = False  # fold a scale and shift fitted on each epoch's validation pairs into the saved head
 oneshot_way = 20  # split_by "class": N-way one-shot accuracy on the unseen validation classes each epoch (0: off)
 best_by = "val_loss"  # what picks best_epoch_weights.pth: "val_loss" (the original) or "oneshot" (split_by "class")
 tensorboard = False  # also write TensorBoard events to save_dir (pip install -r requirements-extras.txt)
 save_period = 10  # write ep###-loss-val_loss.pth every this many epochs
 save_dir = "logs"  # where weights, checkpoints and loss curves go (a resumed run: the checkpoint's folder)
 overwrite = False  # let a new run replace the files of an earlier run in save_dir
+checkpoint_minutes = 5.0  # also save last.ckpt inside an epoch this often (0: at epoch ends only)
 num_workers = 4  # DataLoader worker processes (0: load in the main process)
 seed = 0  # random seed; each process adds its rank
 deterministic = False  # deterministic algorithms (for exact resume checks); slower
 log_interval = 10  # read the loss on the host (progress bar, NaN check) every this many steps
 CONFIG = {k: v for k, v in dict(globals()).items()
           if not k.startswith("_") and isinstance(v, (bool, int, float, str, list))}
-
-BEST_BY = ("val_loss", "oneshot")
-LOSSES = ("bce", "bce_ranking")
-CHOICES = {"optimizer_type": OPTIMIZERS + ("auto",), "lr_decay_type": SCHEDULES, "split_by": SPLITS,
-           "augmentation": AUGMENTATIONS + ("auto",), "negatives": NEGATIVES, "backbone": BACKBONES,
-           "pairing": PAIRINGS, "best_by": BEST_BY, "loss": LOSSES}
-PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not taken from a resumed checkpoint
-
-
-def config_error(c):
-    """The first problem with config `c` as one line, or None."""
-    try:
-        check_input_shape(c.input_shape, c.backbone)
-    except ValueError as e:
-        return str(e)
-    numbers = {name: getattr(c, name) for name in ("Init_lr", "Min_lr", "momentum", "weight_decay", "train_ratio")}
-    bad = [f"{name} {value}" for name, value in numbers.items() if not math.isfinite(value)]
-    if bad:
-        return f"{', '.join(bad)}: settings must be finite numbers"
-    if c.Epoch < 1 or c.Init_Epoch < 0:
-        return "Epoch must be at least 1 and Init_Epoch at least 0"
-    if c.Init_Epoch >= c.Epoch:
-        return f"Init_Epoch {c.Init_Epoch} must be below Epoch {c.Epoch}"
-    if c.batch_size < 1:
-        return "batch_size must be at least 1"
-    if not 0 < c.train_ratio < 1:
-        return "train_ratio must be between 0 and 1"
-    if c.num_workers < 0 or c.save_period < 1 or c.log_interval < 1:
-        return "num_workers must be >= 0, save_period and log_interval >= 1"
-    if c.Init_lr <= 0 or c.Min_lr < 0:
-        return "Init_lr must be positive and Min_lr not negative"
-    if not 0 <= c.momentum < 1:
-        return f"momentum {c.momentum} must be in [0, 1) (SGD momentum, or Adam's first beta)"
-    if c.weight_decay < 0:
-        return f"weight_decay {c.weight_decay} must not be negative"
-    if c.stop_after < 0:
-        return "stop_after must be 0 (no stop) or a number of epochs"
-    if c.pairing == "batch" and not 2 <= c.images_per_class <= c.batch_size // 2:
-        return (f"pairing batch needs images_per_class of at least 2 and batch_size at least twice it "
-                f"(images_per_class {c.images_per_class}, batch_size {c.batch_size})")
-    if c.class_rotations and c.pairing != "batch":
-        return "class_rotations needs pairing batch (turned classes are drawn as whole classes)"
-    if c.loss == "bce_ranking" and c.pairing != "batch":
-        return "loss bce_ranking needs pairing batch (it ranks each image's classmates above a batch's other classes)"
-    if c.oneshot_way < 0 or c.oneshot_way == 1:
-        return "oneshot_way must be 0 (off) or at least 2"
-    if c.best_by == "oneshot" and (c.split_by != "class" or not c.oneshot_way):
-        return "best_by oneshot needs split_by class and oneshot_way of at least 2 (one-shot on unseen classes)"
-    if c.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        return "tensorboard = True needs the tensorboard package: pip install -r requirements-extras.txt"
-    if c.distributed and not ddp.launched_by_torchrun():
-        return "distributed = True needs a launcher: torchrun --nproc_per_node=N train.py ..."
-    return memory_error(c)
-
-
-# floats saved for backward per input pixel in a training step: the most saved_tensors_hooks saw at sides 32, 96, 105
-SAVED_PER_PIXEL = {"vgg16": 430, "vgg16_bn": 710, "resnet18": 220, "resnet50": 860, "mobilenet_v3_large": 430}
-
-
-def memory_error(c):
-    """A one-line error when one training step of config `c` surely cannot fit in this machine's memory."""
-    height, width = c.input_shape
-    images = c.batch_size * (1 if c.pairing == "batch" else 4)  # an item is 4 images; a class batch, batch_size
-    # float32, the gradients about as large again; the head's first layer, its gradient and momentum
-    needed = SAVED_PER_PIXEL[c.backbone] * height * width * 4 * 2 * images \
-        + flat_features(c.input_shape, c.backbone) * 512 * 4 * 3
-    use_cuda = c.Cuda and torch.cuda.is_available()
-    total = torch.cuda.mem_get_info()[1] if use_cuda else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if needed > 2 * total:  # errs high (VGG16: 3.0 GiB measured where it says 4.5): refuse only the hopeless
-        return (f"input_shape {c.input_shape} with batch_size {c.batch_size} needs about {needed / 2**30:.0f} GiB "
-                f"for one training step, more than the {total / 2**30:.0f} GiB of this "
-                f"{'GPU' if use_cuda else 'machine'}; lower input_shape or batch_size")
-    return None
-
-
-def resume_error(c, checkpoint, given):
-    """A one-line error when config `c` cannot continue `checkpoint`; `given` holds the names on the command line."""
-    if checkpoint["epoch"] >= c.Epoch:
-        return (f"{c.resume} has finished {checkpoint['epoch']} of Epoch {c.Epoch} epochs: "
-                f"pass a larger --Epoch to train further")
-    if "Init_Epoch" in given:
-        return f"--Init_Epoch does not apply with --resume: {c.resume} continues at epoch {checkpoint['epoch'] + 1}"
-    saved = checkpoint.get("config", {})
-    for name in ("input_shape", "backbone", "optimizer_type"):
-        if name in saved and saved[name] != getattr(c, name):
-            return (f"--{name} {getattr(c, name)} differs from {saved[name]} in {c.resume}: a resumed run keeps its "
-                    f"network and optimiser; drop --{name}, or start a new run from its weights with "
-                    f"--model_path {c.resume}")
-    return None
+DEMO_FLAG = {"demo": dict(action="store_true", help="train the embedded glyph demo offline: config/demo.py, then "
+                          "one-shot accuracy on unseen scripts and a figure (other names still override)")}
 
 
 def parse_train_config(argv=None):
-    """CONFIG overridden by the command line -> (config namespace, checkpoint dict or None).
-
-    Min_lr follows Init_lr unless given itself; optimizer_type and augmentation "auto" become the original's
-    sgd and autoaugment from weights, adam and none from scratch; weight_decay follows adam (0) unless given.
-    With `--resume`, the checkpoint is loaded here, once, and its config replaces CONFIG as the defaults
-    (except PER_RUN), so `python train.py --resume logs/last.ckpt` alone continues the same run, writing
-    beside the checkpoint unless --save_dir says otherwise; raises WeightsError when it cannot be loaded.
-    """
+    """The config block overridden by presets and the command line -> (config, loaded `--resume` checkpoint or
+    None); see `utils.config.parse_train_config`."""
     argv = sys.argv[1:] if argv is None else argv
-    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
-    defaults, checkpoint = dict(CONFIG), None
-    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    first.add_argument("--resume", default=CONFIG["resume"])
-    resume = first.parse_known_args(argv)[0].resume
-    if resume:
-        checkpoint = load_checkpoint(resume)
-        defaults.update((k, v) for k, v in checkpoint.get("config", {}).items() if k in CONFIG and k not in PER_RUN)
-        defaults["save_dir"] = os.path.dirname(resume) or "."
-    demo = {"demo": dict(action="store_true", help="train the embedded glyph demo offline: builds dataset/glyphs, "
-                         "trains on it with settings for a CPU, reports one-shot accuracy "
-                         "(other names still override)")}
-    validate = (lambda c: config_error(c) or (resume_error(c, checkpoint, given) if checkpoint else None))
-    config = parse_config(defaults, argv, description="Train the Siamese network.", choices=CHOICES,
-                          validate=validate, helps=config_comments(__file__), extra=demo)
-    del config.demo
-    if "Min_lr" not in given and defaults["Min_lr"] == defaults["Init_lr"] * 0.01:
-        config.Min_lr = config.Init_lr * 0.01
-    from_weights = config.pretrained or config.model_path
-    if config.optimizer_type == "auto":  # from scratch, SGD and AutoAugment stay at ln 2: docs/results.md
-        config.optimizer_type = "sgd" if from_weights else "adam"
-    if config.augmentation == "auto":
-        config.augmentation = "autoaugment" if from_weights else "none"
-    if "weight_decay" not in given and not checkpoint and config.optimizer_type == "adam":
-        config.weight_decay = 0.0  # Adam's L2 penalty is not decoupled: the original's 5e-4 holds it back
+    config, checkpoint, _ = parse_config(CONFIG, argv, config_comments(__file__), DEMO_FLAG)
     return config, checkpoint
 
 
-def make_loader(dataset, batch_size, num_workers, shuffle, use_cuda):
-    """A DataLoader that splits `dataset` over ranks under DDP; every batch is full. `batch_size` None:
-    each item is a batch already (`ClassBatches`)."""
-    sampler = DistributedSampler(dataset, shuffle=shuffle) if ddp.is_distributed() else None
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=num_workers, pin_memory=use_cuda, drop_last=batch_size is not None,
-        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
-    )
+def main(c, checkpoint=None):
+    """Train with config `c` (`parse_train_config`); `checkpoint` is the loaded `c.resume`, if any.
+
+    Rank 0 holds `save_dir`'s lock for the whole run, so a second run on the same folder stops at once.
+    """
+    rank, world_size = ddp.setup(c.distributed, c.device)
+    lock = None
+    try:
+        lock = claim_save_dir(c.save_dir, c.resume, c.overwrite) if rank == 0 else None
+        train(c, checkpoint, rank, world_size)
+    finally:
+        release(lock)
+        ddp.cleanup()
 
 
-def load_datasets(c, say, is_main, world_size=1):
-    """List, split and wrap the data of config `c` (a `ClassBatches` per rank for pairing "batch");
-    returns (train_set, val_set). Raises DataError when unusable."""
-    root = os.path.join(c.dataset_path, "images_background")
-    if not os.path.isdir(root):
-        raise DataError(
-            f"no dataset at {root}: make one with 'python -m tools.datasets glyphs' (embedded, offline) or "
-            f"'python -m tools.datasets omniglot' (downloads Omniglot), or put your own class folders there "
-            f"with --train_own_data True"
-        )
-    paths, labels, class_names, skipped = list_images(c.dataset_path, c.train_own_data, warn=is_main)
-    say(f"{len(paths)} images in {len(class_names)} classes ({skipped} files skipped)")
-    few = sum(1 for count in Counter(labels).values() if count < 3)
-    if few:
-        say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
-    train_idx, val_idx = split_indices(labels, c.split_by, c.train_ratio, seed=0)
-    groups = class_groups(class_names)
-    train_paths, train_labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
-    if c.pairing == "batch":
-        train_set = ClassBatches(train_paths, train_labels, c.input_shape, c.batch_size // world_size,
-                                 c.images_per_class, c.augmentation, groups, c.negatives,
-                                 class_rotations=c.class_rotations)
+def train(c, checkpoint, rank, world_size):
+    """The training run of `main` on this process: build and restore, then the epoch loop."""
+    run = build_run(c, checkpoint, rank, world_size)
+    try:
+        with StopSignals(show=rank == 0) as stop:
+            for epoch in range(run.state["epoch"], run.end_epoch):
+                if not run_epoch(run, epoch, stop):
+                    return
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(f"{e}; stopped without saving this epoch's weights") from None
+    finally:
+        if run.board:
+            run.board.close()
+    if run.end_epoch < c.Epoch:
+        run.say(f"Stopped after epoch {run.end_epoch}/{c.Epoch} (stop_after {c.stop_after}); "
+                f"continue with: python train.py --resume {run.saver.path}")
     else:
-        train_set = SiameseDataset(train_paths, train_labels, c.input_shape, train=True, augmentation=c.augmentation,
-                                   name="training", groups=groups, negatives=c.negatives)
-    val_set = SiameseDataset([paths[i] for i in val_idx], [labels[i] for i in val_idx], c.input_shape,
-                             train=False, name="validation", groups=groups, negatives=c.negatives)
-    if len(train_idx) < c.batch_size or len(val_idx) < c.batch_size:
-        raise DataError(
-            f"dataset too small: {len(train_idx)} training and {len(val_idx)} validation images for batch_size "
-            f"{c.batch_size}; lower batch_size or add images"
-        )
-    return train_set, val_set
+        run.say(f"Done: weights in {c.save_dir}/, loss curves in {run.state['log_dir']}/")
 
 
-def choose_precision(c, device, use_cuda):
-    """(autocast dtype or None, channels_last) for config `c` on `device`, deciding the "auto" settings."""
-    bf16 = native_bf16(device) if c.bf16 == "auto" else c.bf16
-    amp_dtype = torch.float16 if (c.fp16 and use_cuda) else torch.bfloat16 if bf16 else None
-    channels_last = amp_dtype is not None if c.channels_last == "auto" else c.channels_last
-    return amp_dtype, channels_last
+def run_epoch(run, epoch, stop):
+    """One epoch: train (from the step an interrupted run stopped at), validate, report and save. False when a
+    signal stopped the run, after saving where it stands."""
+    c, optimizer, tag = run.config, run.optimizer, f"Epoch {epoch + 1}/{run.config.Epoch}"
+    lr = lr_at_epoch(epoch, run.lr, run.min_lr, c.Epoch, c.lr_decay_type)
+    set_lr(optimizer, lr)
+    meter = Meter(c.device, run.state["meter"] if epoch == run.state["epoch"] else None)
+    run.data.train_loader.sampler.set_epoch(epoch, meter.steps)
+    finished = train_one_epoch(
+        run.step_model, run.data.train_loader, optimizer, run.scaler, c.device, meter, amp_dtype=c.amp_dtype,
+        channels_last=c.channels_last, ranking=c.loss == "bce_ranking", desc=f"{tag} train", lr=lr,
+        show=run.is_main, log_interval=c.log_interval, after_step=run.saver.after_step(stop, epoch, run),
+        check_learning_at=run.data.steps // 2 if epoch == 0 else None, average=run.average)
+    if not finished:
+        return stopped(stop.requested(), run, f"in epoch {epoch + 1} at step {meter.steps}/{run.data.steps}")
+    train_metrics = meter.means()
+    val = evaluate(run.average.module if run.average else run.step_model, run.data.val_loader, c.device,
+                   amp_dtype=c.amp_dtype,
+                   channels_last=c.channels_last, desc=f"{tag} val", show=run.is_main)
+    if run.is_main:
+        figures = end_epoch_report(run, epoch, lr, train_metrics, val)
+        run.state.update(threshold=figures["threshold"], calibration=figures["calibration"])
+    run.state.update(epoch=epoch + 1, meter=None)
+    run.saver.save(run.state, run.history)
+    return stopped(stop.requested(), run, f"after epoch {epoch + 1}") if stop.requested() else True
 
 
-def build_model(c, device, channels_last, say):
-    """The Siamese network of config `c` on `device`, from ImageNet or `model_path` weights as asked."""
+def build_run(c, checkpoint, rank, world_size):
+    """Everything a run holds: data, model, optimiser, where it stands (`state`), history and checkpoint writer."""
+    say = print if rank == 0 else (lambda *a, **k: None)
+    if c.Cuda and c.device.type == "cpu":
+        say("No CUDA device found: training on the CPU.")
+    seed_everything(c, rank)
+    data = load_training_data(c, rank, world_size, say)
+    if rank == 0:
+        show_config(**c.table(), num_train=data.num_train, num_val=data.num_val, device=f"{c.device} x {world_size}")
+    lr, min_lr = scaled_lr(c.batch_size, c.Init_lr, c.Min_lr, c.optimizer_type)
+    warn_if_short(c, data.steps, say)
+    model = build_model(c, say)
+    optimizer = make_optimizer(model.parameters(), c.optimizer_type, lr, c.momentum, c.weight_decay)
+    scaler = torch.amp.GradScaler(c.device.type, enabled=c.amp_dtype == torch.float16)
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True) \
+        if c.ema_decay else None
+    state = restore(c, checkpoint, model, optimizer, scaler, data, say) if checkpoint else new_run(c, data)
+    if average is not None and checkpoint and "average" in checkpoint:
+        average.load_state_dict(checkpoint["average"])
+    is_main = rank == 0
+    history = LossHistory(state["log_dir"], state["losses"], state["val_losses"], state["oneshots"]) \
+        if is_main else None
+    return SimpleNamespace(
+        config=c, data=data, model=model, step_model=wrap(model, c, world_size), optimizer=optimizer,
+        scaler=scaler, lr=lr, min_lr=min_lr, state=state, history=history, is_main=is_main, say=say, average=average,
+        board=TensorBoardLog(state["log_dir"], state["epoch"] + 1) if is_main and c.tensorboard else None,
+        saver=CheckpointSaver(os.path.join(c.save_dir, "last.ckpt"), model, optimizer, scaler, c, is_main, average),
+        end_epoch=min(c.Epoch, state["epoch"] + c.stop_after) if c.stop_after else c.Epoch)
+
+
+def end_epoch_report(run, epoch, lr, train_metrics, val):
+    """Rank 0 after an epoch's training and validation: the one-shot check, the epoch's line, the history,
+    TensorBoard and the weight files; returns the figures recorded with them (threshold, calibration, ...)."""
+    c, data, say = run.config, run.data, run.say
+    model = run.average.module if run.average else unwrap(run.model)  # what is validated is what is saved
+    oneshot, way = None, 0
+    if c.split_by == "class" and c.oneshot_way:  # unseen classes: the accuracy users care about
+        predictor = Siamese.from_network(model, c.input_shape, c.device)
+        oneshot, way = evaluate_split(predictor, data.val_paths, data.val_labels, c.oneshot_way)
+    say(f"Epoch {epoch + 1}/{c.Epoch}: loss {train_metrics['loss']:.3f} acc {train_metrics['acc']:.3f} | "
+        f"val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}"
+        + (f" | val {way}-way one-shot {100 * oneshot:.1f}%" if oneshot is not None else ""))
+    run.history.append(train_metrics["loss"], val["loss"], oneshot)
+    if run.board:
+        run.board.write(epoch + 1, {"loss/train": train_metrics["loss"], "loss/val": val["loss"], "lr": lr,
+                                "accuracy/train": train_metrics["acc"], "accuracy/val": val["acc"],
+                                "oneshot/val": oneshot})
+    logits, targets = val["logits"].numpy(), val["targets"].numpy()
+    calibration = platt_scaling(logits, targets) if c.calibrate else None
+    if calibration:
+        logits = calibration[0] * logits + calibration[1]
+    threshold = best_threshold(1 / (1 + np.exp(-logits)), targets)
+    figures = {"epoch": epoch + 1, "val_loss": val["loss"], "val_acc": val["acc"], "val_oneshot": oneshot,
+               "oneshot_way": way or None, "threshold": min(max(threshold, 0.0), 1.0),
+               "calibration": dict(zip(("scale", "shift"), calibration)) if calibration else None}
+    save_epoch_weights(c, model, epoch, train_metrics, val, run.history, figures, data.description, say, calibration)
+    return figures
+
+
+class CheckpointSaver:
+    """Writes `last.ckpt` on rank 0: at each epoch's end, every `checkpoint_minutes` inside an epoch, and at the
+    step where a stop was asked for."""
+
+    def __init__(self, path, model, optimizer, scaler, config, is_main, average=None):
+        self.path, self.model, self.optimizer, self.scaler, self.config = path, model, optimizer, scaler, config
+        self.is_main, self.average, self.last = is_main, average, time.monotonic()
+
+    def save(self, state, history):
+        if self.is_main:
+            progress = {**state, **history.state()}
+            if self.average is not None:
+                progress["average"] = self.average.state_dict()
+            save_checkpoint(self.path, self.model, self.optimizer, self.scaler, progress, self.config.saved())
+        self.last = time.monotonic()
+
+    def after_step(self, stop, epoch, run):
+        """The `after_step` of `train_one_epoch` in `epoch`: save when a stop is asked for or the time has come;
+        True to stop."""
+        every = self.config.checkpoint_minutes * 60
+
+        def check(step, meter):
+            asked = stop.requested()
+            if asked or (every and time.monotonic() - self.last >= every):
+                self.save({**run.state, "epoch": epoch, "meter": meter.state()}, run.history)
+            return bool(asked)
+        return check
+
+
+def stopped(signal_number, run, where):
+    """End a run stopped by a signal (its checkpoint saved): say where it stands and how to continue; exits with
+    128 + the signal's number, as a shell reports a process the signal ended."""
+    run.say(f"\nStopped {where}: saved {run.saver.path}; continue with: python train.py --resume {run.saver.path}",
+            flush=True)
+    raise SystemExit(128 + signal_number)
+
+
+def seed_everything(c, rank):
+    """Seed torch and Python with seed + rank (the data draws seed themselves: `utils.dataloader`)."""
+    torch.manual_seed(c.seed + rank)
+    random.seed(c.seed + rank)
+    if c.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if c.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not c.deterministic
+
+
+def warn_if_short(c, steps, say):
+    """Say when the run has fewer steps than the original recommends for its optimiser."""
+    total, wanted = steps * c.Epoch, MIN_STEPS[c.optimizer_type]
+    if total < wanted:
+        say(f"Warning: {total} training steps is below the {wanted} recommended for {c.optimizer_type}; "
+            f"about {wanted // steps + 1} epochs would reach it.")
+
+
+def build_model(c, say):
+    """The Siamese network of config `c` on its device, from ImageNet or `model_path` weights as asked."""
     model = SiameseNetwork(c.input_shape, c.backbone)
     if c.pretrained and not c.model_path and not c.resume:
         url = IMAGENET_WEIGHTS_URLS[c.backbone]
@@ -279,184 +285,56 @@ def build_model(c, device, channels_last, say):
         loaded, failed = load_matching(model, load_weights(c.model_path))
         say(f"Loaded {len(loaded)} keys from {c.model_path}; "
             f"not loaded ({len(failed)}): {', '.join(failed) or 'none'}")
-    model.to(device)
-    if channels_last:
+    model.to(c.device)
+    if c.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
 
-def save_weights(c, model, epoch, train, val, history, say):
-    """Write the epoch's weight files, named as the original names them; the best by `c.best_by` so far
-    (from `history`, which holds this epoch) is best_epoch_weights.pth."""
-    weights = unwrap(model).state_dict()
-    if (epoch + 1) % c.save_period == 0 or epoch + 1 == c.Epoch:
-        name = f"ep{epoch + 1:03d}-loss{train['loss']:.3f}-val_loss{val['loss']:.3f}.pth"
-        atomic_save(weights, os.path.join(c.save_dir, name))
-    if history.is_best(c.best_by):
-        what = "validation loss" if c.best_by == "val_loss" else "validation one-shot accuracy"
-        say(f"Best {what} so far: saving {os.path.join(c.save_dir, 'best_epoch_weights.pth')}")
-        atomic_save(weights, os.path.join(c.save_dir, "best_epoch_weights.pth"))
-    atomic_save(weights, os.path.join(c.save_dir, "last_epoch_weights.pth"))
-
-
-def main(c, checkpoint=None):
-    """Train with config `c` (from `parse_train_config`); `checkpoint` is the loaded `c.resume`, if any.
-
-    Rank 0 holds `save_dir`'s lock for the whole run, so a second run on the same folder stops at once.
-    """
-    use_cuda = c.Cuda and torch.cuda.is_available()
-    rank, local_rank, world_size, device = ddp.setup(c.distributed, use_cuda)
-    lock = None
-    try:
-        lock = claim_save_dir(c.save_dir, c.resume, c.overwrite) if rank == 0 else None
-        train(c, checkpoint, rank, local_rank, world_size, device, use_cuda)
-    finally:
-        release(lock)
-        ddp.cleanup()
-
-
-def train(c, checkpoint, rank, local_rank, world_size, device, use_cuda):
-    """The training run of `main` on this process's `device`."""
-    is_main = rank == 0
-    say = print if is_main else (lambda *a, **k: None)
-    if c.Cuda and not use_cuda:
-        say("No CUDA device found: training on the CPU.")
-    torch.manual_seed(c.seed + rank)  # DataLoader workers derive their seeds from this: ranks draw different pairs
-    random.seed(c.seed + rank)
-    if c.deterministic:
-        torch.use_deterministic_algorithms(True)
-    if use_cuda:
-        torch.backends.cudnn.benchmark = not c.deterministic
-    if c.batch_size % world_size:
-        raise SystemExit(f"batch_size {c.batch_size} must divide evenly over {world_size} processes")
-
-    train_set, val_set = load_datasets(c, say, is_main, world_size)
-    amp_dtype, channels_last = choose_precision(c, device, use_cuda)
-    if is_main:
-        chosen = {"bf16": amp_dtype == torch.bfloat16, "channels_last": channels_last}
-        shown = {k: f"{chosen[k]} ({v})" if v == "auto" else v for k, v in vars(c).items()}
-        show_config(**shown, num_train=len(train_set.paths), num_val=len(val_set.paths),
-                    device=f"{device} x {world_size}")
-    per_rank_batch = c.batch_size // world_size
-    train_loader = make_loader(train_set, None if c.pairing == "batch" else per_rank_batch, c.num_workers, True,
-                               use_cuda)
-    val_loader = make_loader(val_set, per_rank_batch, c.num_workers, False, use_cuda)
-    epoch_step = len(train_loader)
-
-    lr, min_lr = scaled_lr(c.batch_size, c.Init_lr, c.Min_lr, c.optimizer_type)
-    total_steps = epoch_step * c.Epoch
-    wanted = MIN_STEPS[c.optimizer_type]
-    if total_steps < wanted:
-        say(f"Warning: {total_steps} training steps is below the {wanted} recommended for {c.optimizer_type}; "
-            f"about {wanted // epoch_step + 1} epochs would reach it.")
-
-    model = build_model(c, device, channels_last, say)
-    optimizer = make_optimizer(model.parameters(), c.optimizer_type, lr, c.momentum, c.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    start_epoch = c.Init_Epoch
-    log_dir = os.path.join(c.save_dir, "loss_" + datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S"))
-    losses, val_losses, oneshots = [], [], []
-    if checkpoint:
-        unwrap(model).load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"]
-        losses, val_losses = checkpoint["losses"], checkpoint["val_losses"]
-        oneshots = checkpoint.get("oneshots", [None] * len(losses))
-        log_dir = os.path.join(c.save_dir, os.path.basename(checkpoint["log_dir"]))  # the history moves with the run
-        if world_size == 1:  # the random states are rank 0's; other ranks keep their own seeds
-            set_rng_state(checkpoint["rng"])
-        say(f"Resuming from {c.resume} at epoch {start_epoch + 1}/{c.Epoch}")
-    history = LossHistory(log_dir, losses, val_losses, oneshots) if is_main else None
-    board = TensorBoardLog(log_dir, start_epoch + 1) if is_main and c.tensorboard else None
-
+def wrap(model, c, world_size):
+    """The module the steps call: under DDP (with SyncBatchNorm if asked) and torch.compile as configured."""
     if world_size > 1:
         if c.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
-    train_model = torch.compile(model) if c.compile else model
-
-    checkpoint_path = os.path.join(c.save_dir, "last.ckpt")
-    resume_command = f"python train.py --resume {checkpoint_path}"
-    end_epoch = min(c.Epoch, start_epoch + c.stop_after) if c.stop_after else c.Epoch
-    next_epoch = start_epoch  # the first epoch not yet finished: where a resumed run starts
-    try:
-        for epoch in range(start_epoch, end_epoch):
-            epoch_lr = lr_at_epoch(epoch, lr, min_lr, c.Epoch, c.lr_decay_type)
-            set_lr(optimizer, epoch_lr)
-            for loader in (train_loader, val_loader):
-                if isinstance(loader.sampler, DistributedSampler):
-                    loader.sampler.set_epoch(epoch)
-            tag = f"Epoch {epoch + 1}/{c.Epoch}"
-            options = dict(amp_dtype=amp_dtype, channels_last=channels_last, show=is_main,
-                           log_interval=c.log_interval)
-            check_at = epoch_step // 2 if epoch == 0 else None  # "not learning" warning halfway through epoch 1
-            train = run_epoch(train_model, train_loader, device, optimizer, scaler, desc=f"{tag} train", lr=epoch_lr,
-                              check_learning_at=check_at, ranking=c.loss == "bce_ranking", **options)
-            val = run_epoch(train_model, val_loader, device, desc=f"{tag} val", **options)
-            if not is_main:
-                continue
-            oneshot, way = None, 0
-            if c.split_by == "class" and c.oneshot_way:  # unseen classes: the accuracy users care about
-                oneshot, way = evaluate_split(unwrap(model), val_set.paths, val_set.labels, c.input_shape, device,
-                                              c.oneshot_way)
-            say(f"{tag}: loss {train['loss']:.3f} acc {train['acc']:.3f} | "
-                f"val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}"
-                + (f" | val {way}-way one-shot {100 * oneshot:.1f}%" if oneshot is not None else ""))
-            history.append(train["loss"], val["loss"], oneshot)
-            if board:
-                board.write(epoch + 1, {"loss/train": train["loss"], "loss/val": val["loss"], "lr": epoch_lr,
-                                        "accuracy/train": train["acc"], "accuracy/val": val["acc"],
-                                        "oneshot/val": oneshot})
-            save_weights(c, model, epoch, train, val, history, say)
-            next_epoch = epoch + 1
-            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, history, log_dir, c)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save below
-        if is_main:  # the weights as they are now; the resumed run repeats the unfinished epoch from them
-            save_checkpoint(checkpoint_path, model, optimizer, scaler, next_epoch, history, log_dir, c)
-            print(f"\nInterrupted in epoch {next_epoch + 1}: saved {checkpoint_path}; continue with: {resume_command}",
-                  flush=True)
-        raise SystemExit(130)
-    except NonFiniteLoss as e:
-        raise NonFiniteLoss(f"{e}; stopped without saving epoch {next_epoch + 1}'s weights") from None
-    finally:
-        if board:
-            board.close()
-    if end_epoch < c.Epoch:
-        say(f"Stopped after epoch {end_epoch}/{c.Epoch} (stop_after {c.stop_after}); "
-            f"continue with: {resume_command}")
-    else:
-        say(f"Done: weights in {c.save_dir}/, loss curves in {log_dir}/")
+        devices = [c.device] if c.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=devices)
+    return torch.compile(model) if c.compile else model
 
 
-def one_line(error):
-    """The message of `error` on one line; a DataLoader worker re-raises with the worker's traceback
-    in the message, whose last line is `module.Class: message`."""
-    last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-    prefix = f"{type(error).__module__}.{type(error).__name__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+def new_run(c, data):
+    """Where a new run starts: epoch `Init_Epoch`, an empty history in a new loss_<time> folder."""
+    log_dir = os.path.join(c.save_dir, "loss_" + datetime.datetime.now().strftime("%Y_%m_%d_%H_%M_%S"))
+    return {"epoch": c.Init_Epoch, "meter": None, "log_dir": log_dir, "losses": [], "val_losses": [],
+            "oneshots": [], "data_digest": data.digest, "threshold": None}
 
 
-def run_demo(argv, max_characters=None, **report_options):
-    """`python train.py --demo`: build the glyph set if absent, train on it, then evaluate and draw (tools/demo.py)."""
-    from tools.demo import DEMO_ARGS, build_glyphs, report
-
-    start = time.time()
-    c, checkpoint = parse_train_config(DEMO_ARGS + argv)  # the demo's settings go first: the command line wins
-    build_glyphs(c.dataset_path, **({"max_characters": max_characters} if max_characters else {}))
-    main(c, checkpoint)
-    result = report(c, **report_options)
-    print(f"The demo took {(time.time() - start) / 60:.1f} min")
-    return result
+def restore(c, checkpoint, model, optimizer, scaler, data, say):
+    """Load a checkpoint's state into the run; returns where it stands. Refuses (DataError) data that changed."""
+    if checkpoint.get("data_digest", data.digest) != data.digest:
+        raise DataError(f"{c.dataset_path}: the classes or images differ from those {c.resume} was trained on, so "
+                        f"its validation classes would no longer be unseen; restore the data, or start a new run "
+                        f"from its weights with --model_path {c.resume}")
+    unwrap(model).load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    if ddp.world_size() == 1:  # the random states are rank 0's; other ranks keep their own seeds
+        set_rng_state(checkpoint["rng"])
+    run = {**new_run(c, data), **{k: checkpoint[k] for k in ("epoch", "losses", "val_losses") if k in checkpoint}}
+    run.update(meter=checkpoint.get("meter"), oneshots=checkpoint.get("oneshots", [None] * len(run["losses"])),
+               threshold=checkpoint.get("threshold"),
+               log_dir=os.path.join(c.save_dir, os.path.basename(checkpoint["log_dir"])))  # the history moves too
+    step = f", step {run['meter']['steps'] + 1}/{data.steps}" if run["meter"] else ""
+    say(f"Resuming from {c.resume} at epoch {run['epoch'] + 1}/{c.Epoch}{step}")
+    return run
 
 
 if __name__ == "__main__":
     try:
         argv = sys.argv[1:]
         if "--demo" in argv:
-            run_demo(argv)
+            from tools.demo import run_demo
+
+            run_demo([a for a in argv if a != "--demo"])
         else:
             main(*parse_train_config(argv))
     except ConfigError as e:  # settings that cannot work: argparse's form and exit code
@@ -464,6 +342,5 @@ if __name__ == "__main__":
         raise SystemExit(2)
     except (DataError, ImageError, WeightsError, NonFiniteLoss, SaveError) as e:
         raise SystemExit(f"error: {one_line(e)}")
-    except KeyboardInterrupt:  # before training started: nothing to save
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise SystemExit("\ninterrupted before training started; nothing saved")
+    except KeyboardInterrupt:  # before or after the epochs: nothing half-done to save
+        raise SystemExit("\ninterrupted; nothing saved since the last checkpoint")

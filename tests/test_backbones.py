@@ -14,9 +14,10 @@ from torchvision.models.vgg import cfgs, make_layers
 import train
 from nets.siamese import BACKBONES, SiameseNetwork, backbone_of, flat_features
 from siamese import Siamese
-from utils.checkpoint import IMAGENET_WEIGHTS_URLS, load_weights
+from utils.config import memory_problem
 from utils.errors import WeightsError
 from utils.images import preprocess
+from utils.weights import IMAGENET_WEIGHTS_URLS, load_weights
 
 SHAPE = [32, 32]
 CPU = torch.device("cpu")
@@ -93,14 +94,14 @@ def test_imagenet_weights_load_from_model_data_under_torchvisions_name(backbone,
     (tmp_path / "model_data").mkdir()
     state = torchvision_imagenet_state(backbone)
     torch.save(state, tmp_path / "model_data" / name)
-    model = train.build_model(pretrained_config(backbone), CPU, False, print)
+    model = train.build_model(pretrained_config(backbone), print)
     copied = model.encoder.state_dict()
     assert copied.keys() <= state.keys()
     assert all(torch.equal(value, state[key]) for key, value in copied.items())
 
     torch.save({"features.0.weight": torch.zeros(3, 3)}, tmp_path / "model_data" / name)
     with pytest.raises(WeightsError) as wrong:
-        train.build_model(pretrained_config(backbone), CPU, False, print)
+        train.build_model(pretrained_config(backbone), print)
     assert str(wrong.value).startswith(f"model_data/{name}: not torchvision's ImageNet {backbone} weights")
     assert "\n" not in str(wrong.value)
 
@@ -113,7 +114,7 @@ def test_missing_imagenet_weights_offline_name_the_file(backbone, tmp_path, monk
     monkeypatch.setattr(urllib.request, "_opener", opener)  # what urlopen, and so torch.hub, uses
     name = os.path.basename(IMAGENET_WEIGHTS_URLS[backbone])
     with pytest.raises(WeightsError) as offline:
-        train.build_model(pretrained_config(backbone), CPU, False, print)
+        train.build_model(pretrained_config(backbone), print)
     message = str(offline.value)
     assert f"cannot load ImageNet weights {name}" in message and f"put {name} at model_data/{name}" in message
     assert "\n" not in message and not (tmp_path / "model_data" / name).exists()
@@ -121,10 +122,11 @@ def test_missing_imagenet_weights_offline_name_the_file(backbone, tmp_path, monk
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_memory_check_refuses_only_the_hopeless(backbone):
-    config = SimpleNamespace(input_shape=[64, 64], batch_size=8, Cuda=False, backbone=backbone, pairing="items")
-    assert train.memory_error(config) is None
+    config = SimpleNamespace(input_shape=[64, 64], batch_size=8, device=torch.device("cpu"), backbone=backbone,
+                             pairing="items")
+    assert memory_problem(config) is None
     config.input_shape, config.batch_size = [100000, 32], 256
-    assert "lower input_shape or batch_size" in train.memory_error(config)
+    assert "lower input_shape or batch_size" in memory_problem(config)
 
 
 def test_train_py_runs_resnet18_end_to_end_and_its_resume_keeps_the_backbone(small1, tmp_path, capsys):

@@ -8,11 +8,10 @@ import torch
 from PIL import Image
 
 from utils.augment import train_transform
-from utils.dataloader import (SiameseDataset, class_groups, list_images, split_by_class, split_by_image,
-                              split_indices)
+from utils.dataloader import PairItems, class_groups, list_images, split_by_class, split_by_image, split_indices
+from utils.engine import pair_sides
 from utils.errors import DataError
 from utils.images import preprocess
-from utils.loop import split_pairs
 
 
 def test_omniglot_layout_lists_one_class_per_character(omniglot_subset):
@@ -66,17 +65,16 @@ def test_split_by_class_keeps_validation_classes_unseen():
 def test_items_hold_one_positive_and_one_negative_pair(omniglot_subset):
     paths, labels, class_names, _ = list_images(omniglot_subset)
     label_of = dict(zip(paths, labels))
-    dataset = SiameseDataset(paths, labels, (32, 32), train=False)
-    for seed in range(8):
-        random.seed(seed)
-        (a, b), (c, d) = dataset.sample_pair()
+    dataset = PairItems(paths, labels, (32, 32), items=1, train=False)
+    for step in range(8):
+        (a, b), (c, d) = dataset.sample_pair(dataset.generators(step)[0])  # the step's first (and only) item
         assert len({a, b, c}) == 3 and label_of[a] == label_of[b] == label_of[c] != label_of[d]
-        random.seed(seed)
-        images, item_labels = dataset[0]
+        batch = dataset[step]
+        images, item_labels = batch.images[0], batch.labels[0]
         assert images.shape == (2, 2, 3, 32, 32) and images.dtype == torch.uint8  # made float on the device
         assert sorted(item_labels.tolist()) == [0.0, 1.0]
         expected = {1.0: (a, b), 0.0: (c, d)}
-        first, second, labels = split_pairs(images[None], item_labels[None], torch.device("cpu"))
+        first, second, labels = pair_sides(batch, torch.device("cpu"))
         assert first.dtype == torch.float32 and labels.tolist() == item_labels.tolist()
         for k, label in enumerate(item_labels.tolist()):
             assert torch.equal(first[k], preprocess(expected[label][0], (32, 32)))  # what predict.py would feed
@@ -92,12 +90,12 @@ def test_class_with_fewer_than_three_images_is_never_positive(tmp_path, small1):
         for image in sorted(character.glob("*.png"))[:count]:
             shutil.copy(image, root / character.name / image.name)
     paths, labels, _, _ = list_images(tmp_path, train_own_data=True)
-    dataset = SiameseDataset(paths, labels, (32, 32))
+    dataset = PairItems(paths, labels, (32, 32), items=1)
     label_of = dict(zip(paths, labels))
-    random.seed(0)
+    rng = random.Random(0)
     positives, negatives = set(), set()
     for _ in range(300):
-        (a, _b, ), (_c, d) = dataset.sample_pair()
+        (a, _b, ), (_c, d) = dataset.sample_pair(rng)
         positives.add(label_of[a])
         negatives.add(label_of[d])
     assert positives == {1, 3}
@@ -107,8 +105,8 @@ def test_class_with_fewer_than_three_images_is_never_positive(tmp_path, small1):
 def test_training_items_are_augmented_at_the_input_size(omniglot_subset):
     paths, labels, _, _ = list_images(omniglot_subset)
     for augmentation in ("autoaugment", "jitter"):
-        dataset = SiameseDataset(paths, labels, (48, 40), train=True, augmentation=augmentation)
-        images, _ = dataset[0]
+        dataset = PairItems(paths, labels, (48, 40), items=1, train=True, augmentation=augmentation)
+        images = dataset[0].images[0]
         assert images.shape == (2, 2, 3, 48, 40) and images.dtype == torch.uint8
         # each augmented on its own
         assert len({tuple(image.flatten().tolist()) for image in images.flatten(0, 1)}) == 4
@@ -129,10 +127,10 @@ def test_same_group_negatives_stay_in_the_positive_alphabet(omniglot_subset):
     groups = class_groups(class_names)
     alphabet = {path: groups[label] for path, label in zip(paths, labels)}
     character = {path: class_names[label] for path, label in zip(paths, labels)}
-    random.seed(0)
+    rng = random.Random(0)
     for negatives, same_share in (("same_group", 1.0), ("any", None)):
-        dataset = SiameseDataset(paths, labels, [32, 32], train=False, groups=groups, negatives=negatives)
-        pairs = [dataset.sample_pair() for _ in range(400)]
+        dataset = PairItems(paths, labels, [32, 32], items=1, train=False, groups=groups, negatives=negatives)
+        pairs = [dataset.sample_pair(rng) for _ in range(400)]
         assert all(character[a] == character[b] == character[c] != character[d] for (a, b), (c, d) in pairs)
         same = sum(alphabet[c] == alphabet[d] for _, (c, d) in pairs) / len(pairs)
         if same_share:
@@ -144,7 +142,7 @@ def test_same_group_negatives_stay_in_the_positive_alphabet(omniglot_subset):
 def test_a_class_alone_in_its_group_draws_negatives_elsewhere(omniglot_subset):
     paths, labels, class_names, _ = list_images(omniglot_subset)
     groups = ["only" if label == 0 else "rest" for label in range(len(class_names))]
-    dataset = SiameseDataset(paths, labels, [32, 32], train=False, groups=groups, negatives="same_group")
+    dataset = PairItems(paths, labels, [32, 32], items=1, train=False, groups=groups, negatives="same_group")
     assert 0 not in dataset.group_mates and dataset.group_mates[1] == list(range(2, 12))
 
 

@@ -11,13 +11,13 @@ import train
 from nets.siamese import backbone_of
 from tools import demo
 from tools.glyphs import make_glyphs
+from utils.configurator import read_preset
 from utils.images import preprocess
 
 
-def demo_setting(name, count=1):
-    """The `count` values the demo's settings give `--name`."""
-    at = demo.DEMO_ARGS.index(f"--{name}") + 1
-    return demo.DEMO_ARGS[at:at + count]
+def demo_setting(name):
+    """The value the demo's preset (config/demo.py) gives `name`."""
+    return read_preset(demo.PRESET, train.CONFIG)[name]
 
 
 def two_alphabet_glyphs(out, max_characters):
@@ -35,14 +35,14 @@ def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
     data, logs, figure = tmp_path / "glyphs", tmp_path / "logs", tmp_path / "demo_predictions.png"
     argv = ["--dataset_path", str(data), "--save_dir", str(logs), "--Cuda", "False",
             "--batch_size", "4", "--images_per_class", "2", "--Epoch", "1", "--train_ratio", "0.5"]
-    result = train.run_demo(argv, max_characters=2, figure_path=str(figure), way=2, trials=10)
+    result = demo.run_demo(argv, max_characters=2, figure_path=str(figure), way=2, trials=10)
 
     assert (data / "images_background").is_dir() and (data / "images_evaluation").is_dir()
     assert result["way"] == 2 and result["trials"] == 10 and result["within_alphabet"]
     # the reported scores are the saved best weights' own, computed here by a path that shares no code with ours
     state = torch.load(logs / "best_epoch_weights.pth", weights_only=True)
-    assert backbone_of(state) == demo_setting("backbone")[0]
-    shape = [int(side) for side in demo_setting("input_shape", 2)]
+    assert backbone_of(state) == demo_setting("backbone")
+    shape = demo_setting("input_shape")
     same, different = demo.example_pairs(data / "images_evaluation")
     for (a, b), reported in ((same, result["same_score"]), (different, result["different_score"])):
         expected = direct_probability(state, preprocess(a, shape)[None], preprocess(b, shape)[None])

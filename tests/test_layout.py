@@ -75,3 +75,10 @@ def test_readme_layout_names_every_module():
     modules = [str(p.relative_to(ROOT)) for folder in ("", "nets", "utils", "tools") for p in python_files(folder)
                if p.name != "__init__.py"]
     assert [m for m in modules if f"`{m}`" not in readme] == []
+
+
+def test_train_py_functions_each_fit_on_a_screen():
+    tree = ast.parse((ROOT / "train.py").read_text())
+    long = [f"{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.end_lineno - node.lineno + 1 > 60]
+    assert long == []

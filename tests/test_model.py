@@ -5,7 +5,7 @@ from helpers import direct_probability, original_format_state_dict
 from torchvision.models import vgg16
 
 from nets.siamese import SiameseNetwork, backbone_of, flat_features
-from utils.checkpoint import load_imagenet_weights
+from utils.weights import load_imagenet_weights
 from utils.errors import WeightsError
 
 

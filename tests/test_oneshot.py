@@ -15,10 +15,10 @@ from nets.siamese import SiameseNetwork
 from siamese import Siamese
 from utils.errors import DataError
 from utils.gallery import CACHE_NAME, gallery_embeddings, rank_gallery
-from utils.oneshot import (best_threshold, evaluate_embedded, evaluate_folder, evaluate_runs,
-                           evaluate_runs_embedded, evaluate_verification, list_classes, list_runs, metrics_at,
-                           parse_run, pick_best, roc_auc, sample_tasks)
 from utils.images import preprocess
+from utils.metrics import best_threshold, metrics_at, roc_auc
+from utils.oneshot import (evaluate_embedded, evaluate_folder, evaluate_runs, evaluate_runs_embedded,
+                           evaluate_verification, list_classes, list_runs, parse_run, pick_best, sample_tasks)
 
 SHAPE = [32, 32]
 

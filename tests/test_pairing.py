@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from helpers import ENV, ROOT, TRAIN, make_subset
 
 from nets.siamese import SiameseNetwork
-from utils.callbacks import LossHistory
-from utils.dataloader import ClassBatches, class_groups, list_images
+from siamese import Siamese
+from utils.dataloader import ClassBatch, ClassBatches, class_groups, list_images
+from utils.engine import score_batch
+from utils.history import LossHistory
 from utils.images import load_image
-from utils.loop import balanced_weights, embed_images, ranking_loss, score_batch
+from utils.losses import balanced_weights, ranking_loss
 from utils.oneshot import evaluate_split
 
 
@@ -28,23 +30,24 @@ def test_class_batches_hold_classes_of_one_alphabet_with_their_images(listed):
                            groups=groups, negatives="same_group")
     assert len(batches) == len(paths) // 16
     label_of = dict(zip(paths, labels))
-    random.seed(0)
+    rng = random.Random(0)
     for _ in range(20):
-        drawn, turns, drawn_labels = batches.sample_batch()
+        drawn, turns, drawn_labels = batches.sample_batch(rng)
         assert turns == [0] * 16
         assert [label_of[p] for p in drawn] == drawn_labels  # each label is its image's class
         assert len(set(drawn)) == 16 and len(set(drawn_labels)) == 4
         assert all(drawn_labels.count(c) == 4 for c in set(drawn_labels))
         assert len({groups[c] for c in drawn_labels}) == 1
     images, classes = batches[0]
+    assert isinstance(batches[0], ClassBatch)
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and classes.shape == (16,)
 
 
 def test_class_batches_mix_alphabets_with_any_negatives(listed):
     paths, labels, groups = listed
     batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=2, groups=groups)
-    random.seed(0)
-    mixed = [len({groups[c] for c in batches.sample_batch()[2]}) > 1 for _ in range(20)]
+    rng = random.Random(0)
+    mixed = [len({groups[c] for c in batches.sample_batch(rng)[2]}) > 1 for _ in range(20)]
     assert any(mixed)
 
 
@@ -54,18 +57,16 @@ def test_class_rotations_turn_whole_classes_into_new_classes(listed):
                            groups=groups, negatives="same_group", class_rotations=True)
     stride = max(labels) + 1
     label_of = dict(zip(paths, labels))
-    random.seed(0)
+    rng = random.Random(0)
     seen_turns = set()
     for _ in range(40):
-        drawn, turns, drawn_labels = batches.sample_batch()
+        drawn, turns, drawn_labels = batches.sample_batch(rng)
         assert [label_of[p] + k * stride for p, k in zip(drawn, turns)] == drawn_labels
         assert len(set(turns)) == 1  # a batch is one alphabet at one turn, so its negatives stay within it
         seen_turns |= set(turns)
     assert seen_turns == {0, 1, 2, 3}
-    random.seed(1)
-    drawn, turns, _ = batches.sample_batch()
-    random.seed(1)
-    images, _ = batches[0]
+    drawn, turns, _ = batches.sample_batch(batches.generators(1)[0])
+    images, _ = batches[1]  # the batch of step 1 is the one its generator draws
     upright = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none")
     unturned = upright.transform([load_image(p, keep_grey=True) for p in drawn])
     for image, plain, k in zip(images, unturned, turns):
@@ -78,10 +79,10 @@ def test_every_pair_of_a_class_batch_is_scored_as_the_pair_forward_scores_it():
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     classes = torch.tensor([3, 3, 5, 5, 7, 7])
     with torch.no_grad():
-        logits, targets = score_batch(model, images, classes, torch.device("cpu"))
+        logits, targets, pairs = score_batch(model, ClassBatch(images, classes), torch.device("cpu"))
         first, second = torch.triu_indices(6, 6, 1)
         as_pairs = model(images[first].float() / 255, images[second].float() / 255).squeeze(1)
-    assert logits.shape == targets.shape == (15,)
+    assert logits.shape == targets.shape == (15,) and torch.equal(pairs, torch.stack([first, second]))
     assert targets.tolist() == [float(classes[i] == classes[j]) for i, j in zip(first, second)]
     torch.testing.assert_close(logits, as_pairs, atol=1e-4, rtol=1e-4)
 
@@ -105,7 +106,7 @@ def test_ranking_loss_is_the_one_shot_softmax_over_each_images_positive_and_nega
     count = len(labels)
     first, second = torch.triu_indices(count, count, 1)
     logits = torch.randn(len(first), requires_grad=True)
-    loss = ranking_loss(logits, labels)
+    loss = ranking_loss(logits, labels, torch.stack([first, second]))
     score = {}
     for k, (i, j) in enumerate(zip(first.tolist(), second.tolist())):
         score[i, j] = score[j, i] = logits[k]
@@ -121,7 +122,7 @@ def test_ranking_loss_is_the_one_shot_softmax_over_each_images_positive_and_nega
     same = (labels[first] == labels[second])
     assert (logits.grad[same] < 0).all() and (logits.grad[~same] > 0).all()  # raise positives, lower negatives
     separated = torch.where(same, 20.0, -20.0)
-    assert ranking_loss(separated, labels).item() < 1e-6
+    assert ranking_loss(separated, labels, torch.stack([first, second])).item() < 1e-6
 
 
 class ClassIndicator(torch.nn.Module):
@@ -144,12 +145,13 @@ def test_validation_one_shot_is_perfect_for_a_separating_embedding_and_caps_the_
             Image.new("L", (40, 40), 40 * c + 20).save(path)
             paths.append(str(path))
             labels.append(c)
-    accuracy, way = evaluate_split(ClassIndicator(), paths, labels, (32, 32), torch.device("cpu"), way=20, trials=50)
+    predictor = Siamese.from_network(ClassIndicator(), (32, 32), torch.device("cpu"))
+    accuracy, way = evaluate_split(predictor, paths, labels, way=20, trials=50)
     assert way == 5 and accuracy == 1.0
-    assert evaluate_split(ClassIndicator(), paths[:3], labels[:3], (32, 32), torch.device("cpu")) == (None, 1)
+    assert evaluate_split(predictor, paths[:3], labels[:3]) == (None, 1)
 
 
-def test_embed_images_matches_the_network_on_preprocessed_images(tmp_path):
+def test_embedding_matches_the_network_on_preprocessed_images(tmp_path):
     from PIL import Image
 
     from utils.images import preprocess
@@ -157,7 +159,7 @@ def test_embed_images_matches_the_network_on_preprocessed_images(tmp_path):
     path = tmp_path / "a.png"
     Image.effect_noise((50, 40), 60).convert("RGB").save(path)
     model = SiameseNetwork((32, 32)).eval()
-    embedded = embed_images(model, [str(path)] * 3, (32, 32), torch.device("cpu"), batch_size=2)
+    embedded = Siamese.from_network(model, (32, 32), torch.device("cpu")).embed([str(path)] * 3, batch_size=2)
     with torch.no_grad():
         direct = model.embed(preprocess(str(path), (32, 32))[None])
     assert embedded.shape == (3, 512)
@@ -211,6 +213,5 @@ def test_class_batches_fall_back_to_all_classes_when_no_alphabet_has_two():
     for rotations in (False, True):
         batches = ClassBatches(paths, labels, (32, 32), batch_size=8, images_per_class=4, groups=groups,
                                negatives="same_group", class_rotations=rotations)
-        random.seed(0)
-        drawn_labels = batches.sample_batch()[2]
+        drawn_labels = batches.sample_batch(random.Random(0))[2]
         assert len(set(drawn_labels)) == 2  # two classes still make a batch with negatives

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 import predict
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.checkpoint import atomic_path, atomic_write
+from utils.files import atomic_path, atomic_write
 from utils.errors import DataError
 from utils.pairs import read_pairs
 
@@ -99,12 +99,12 @@ def test_scores_match_similarity_and_labels_give_the_printed_auc(folder, weights
     assert result.returncode == 0, result.stderr[-2000:]
     assert "10 pairs over 8 distinct images: embedded 6, 2 unreadable, 2 pair(s) not scored" in result.stdout
     table = read_scores(folder / "pairs_scores.csv")  # the default --out: beside the pairs file
-    assert table[0] == ["left", "right", "same", "similarity", "error"]
+    assert table[0] == ["left", "right", "same", "similarity", "predicted_same", "error"]
     assert [tuple(row[:3]) for row in table[1:]] == LABELLED
     written = {tuple(row[:3]): row[3:] for row in table[1:]}
     for (a, b, label), expected in zip(scored, reference):
         assert float(written[a, b, label][0]) == pytest.approx(expected, abs=1e-4)
-        assert written[a, b, label][1] == ""
+        assert written[a, b, label][1] == str(int(expected >= threshold)) and written[a, b, label][2] == ""
     auc = float(re.search(r"ROC AUC (\S+),", result.stdout).group(1))
     assert auc == pytest.approx(brute_force_auc(reference, labels), abs=1e-4)
     accuracy = float(re.search(r"accuracy (\S+) at", result.stdout).group(1))
@@ -121,8 +121,8 @@ def test_an_unreadable_image_marks_only_its_lines(folder, weights):
     result = run("predict.py", "--pairs", pairs, "--out", out, "--model_path", weights, *MODEL, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
     table = read_scores(out)
-    assert table[0] == ["image_1", "image_2", "similarity", "error"]  # no header given: these names
-    written = {f"{row[0]},{row[1]}": (row[2], row[3]) for row in table[1:]}
+    assert table[0] == ["image_1", "image_2", "similarity", "same", "error"]  # no header given: these names
+    written = {f"{row[0]},{row[1]}": (row[2], row[4]) for row in table[1:]}
     for good in (rows[0], rows[2]):
         assert 0 < float(written[good][0]) < 1 and written[good][1] == ""
     for bad, what in ((rows[1], "missing.png: no such file"), (rows[3], "missing.png: no such file"),

@@ -69,7 +69,9 @@ def test_predict_prints_a_probability_and_exits(original_weights, two_glyphs, tm
     assert result.returncode == 0, result.stderr
     state = torch.load(original_weights, weights_only=True)
     expected = direct_probability(state, *[preprocess(path, SHAPE).unsqueeze(0) for path in two_glyphs]).item()
-    assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(expected, abs=1e-4)  # printed to 4 places
+    similarity, verdict = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert float(similarity) == pytest.approx(expected, abs=1e-4)  # printed to 4 places
+    assert verdict == f"{'same' if expected >= 0.5 else 'different'} (threshold 0.500, default)"
     assert out.is_file()
 
 
@@ -83,7 +85,7 @@ def test_interactive_loop_survives_a_bad_path(original_weights, two_glyphs, tmp_
     assert "missing.png: no such file" in result.stdout and "is a directory" in result.stdout
     scores = [line for line in result.stdout.splitlines() if "Similarity of" in line]
     assert len(scores) == 2
-    assert scores[0].split()[-1] == scores[1].split()[-1]  # the score is symmetric in its two images
+    assert scores[0].split(": ")[1] == scores[1].split(": ")[1]  # the score is symmetric in its two images
 
 
 def test_predict_with_a_bad_weights_file_is_one_line(two_glyphs, tmp_path):

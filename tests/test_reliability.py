@@ -2,6 +2,7 @@
 import io
 import os
 import pickle
+import random
 import signal
 import struct
 import subprocess
@@ -18,8 +19,10 @@ from PIL import Image
 from helpers import ENV, ROOT, TRAIN, assert_one_line_error, make_subset, png, run
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.checkpoint import atomic_save, load_checkpoint, safe_load
-from utils.dataloader import SiameseDataset, list_images
+from utils.checkpoint import load_checkpoint
+from utils.files import atomic_save
+from utils.weights import safe_load
+from utils.dataloader import PairItems, list_images
 from utils.errors import DataError, ImageError, WeightsError
 from utils.images import open_image, verify_image
 
@@ -210,18 +213,19 @@ def test_bad_datasets_give_one_line_errors(tmp_path, counts, options, message):
 def test_two_classes_and_the_last_class_are_drawn(tmp_path):
     root = own_data(tmp_path / "ds", {"a": 3, "b": 2})  # b: a folder of 2 images, only usable as a negative
     paths, labels, _, _ = list_images(str(root), train_own_data=True)
-    dataset = SiameseDataset(paths, labels, [32, 32], train=True)
-    images, pair_labels = dataset[0]
+    dataset = PairItems(paths, labels, [32, 32], items=1, train=True)
+    images, pair_labels = dataset[0].images[0], dataset[0].labels[0]
     assert images.shape == (2, 2, 3, 32, 32) and sorted(pair_labels.tolist()) == [0.0, 1.0]
+    rng = random.Random(0)
     for _ in range(50):
-        (a, b), (c, d) = dataset.sample_pair()
+        (a, b), (c, d) = dataset.sample_pair(rng)
         assert {Path(p).parent.name for p in (a, b, c)} == {"a"} and Path(d).parent.name == "b"
 
     many = [f"{i}/{j}.png" for i in range(5) for j in range(3)]
-    dataset = SiameseDataset(many, [i for i in range(5) for _ in range(3)], [32, 32], train=False)
+    dataset = PairItems(many, [i for i in range(5) for _ in range(3)], [32, 32], items=1, train=False)
     positives, negatives = set(), set()
     for _ in range(400):
-        (a, _), (c, d) = dataset.sample_pair()
+        (a, _), (c, d) = dataset.sample_pair(rng)
         positives.add(a.split("/")[0])
         negatives.add(d.split("/")[0])
         assert c.split("/")[0] != d.split("/")[0]

@@ -14,9 +14,10 @@ from helpers import ENV, ROOT, TRAIN, assert_one_line_error, make_subset, run
 import train
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.checkpoint import atomic_save, load_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.dataloader import list_images
 from utils.errors import ConfigError, DataError, WeightsError
+from utils.files import atomic_save
 from utils.oneshot import parse_run
 from utils.rundir import claim_save_dir, release
 
@@ -110,7 +111,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_file(finishe
     data, _ = finished_run
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"the earlier weights")
-    code = ("import torch; from utils.checkpoint import atomic_save; "
+    code = ("import torch; from utils.files import atomic_save; "
             f"atomic_save({{'x': torch.zeros(2**20)}}, {str(weights)!r})")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
                             preexec_fn=limit_file_size, timeout=120)

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from helpers import ROOT, make_subset
 from nets.siamese import SiameseNetwork
-from utils.dataloader import SiameseDataset, list_images
+from utils.dataloader import PairItems, list_images
+from utils.engine import pair_sides
 from utils.errors import ImageError
 from utils.images import load_image, open_image
-from utils.loop import split_pairs
 
 
 def saved_modes(folder):
@@ -56,32 +56,33 @@ def test_load_image_errors_name_the_file(tmp_path):
             load_image(path)
 
 
-def test_dataset_items_and_seeding(omniglot_subset):
-    """Workers and ranks (torch seeded with seed + rank, as train.py does) draw different pairs."""
+def test_each_step_is_drawn_by_its_seed_and_number_alone(omniglot_subset):
+    """Workers draw the very batches the main process would, ranks (seed + rank, as train.py gives) draw others."""
     paths, labels, _, _ = list_images(omniglot_subset)
-    dataset = SiameseDataset(paths, labels, [32, 32], train=True)
-    images, pair_labels = dataset[0]
-    assert images.shape == (2, 2, 3, 32, 32) and sorted(pair_labels.tolist()) == [0.0, 1.0]
-
-    def first_batches(rank):
-        torch.manual_seed(rank)
-        batches = iter(DataLoader(dataset, batch_size=2, num_workers=2, shuffle=True))
-        return [next(batches)[0] for _ in range(2)]  # worker 0 makes the first batch, worker 1 the second
-
-    rank0, rank1 = first_batches(0), first_batches(1)
-    assert not torch.equal(rank0[0], rank0[1])  # the two workers differ
-    assert not torch.equal(rank0[0], rank1[0])  # the two ranks differ
-    assert torch.equal(rank0[0], first_batches(0)[0])  # and a seed repeats its draws
+    dataset = PairItems(paths, labels, [32, 32], items=2, train=True, seed=0)
+    batch = dataset[0]
+    assert batch.images.shape == (2, 2, 2, 3, 32, 32)
+    assert all(sorted(row) == [0.0, 1.0] for row in batch.labels.tolist())
+    in_process = [dataset[step].images for step in range(4)]
+    from_workers = [b.images for b in DataLoader(dataset, batch_size=None, sampler=range(4), num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(in_process, from_workers))  # whichever worker draws a step
+    assert not torch.equal(in_process[0], in_process[1])  # steps differ
+    other_rank = PairItems(paths, labels, [32, 32], items=2, train=True, seed=1)
+    assert not torch.equal(in_process[0], other_rank[0].images)  # the ranks differ
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    dataset[5]
+    assert torch.equal(torch.get_rng_state(), before)  # drawing leaves the caller's generator alone
 
 
 def test_bf16_and_fp32_losses_close(omniglot_subset):
     paths, labels, _, _ = list_images(omniglot_subset)
     torch.manual_seed(0)
-    batch = default_collate(SiameseDataset(paths, labels, [64, 64], train=False).__getitems__(range(4)))
+    batch = PairItems(paths, labels, [64, 64], items=4, train=False)[0]
     model = SiameseNetwork([64, 64]).eval()
     losses = {}
     for name, dtype, channels_last in [("fp32", None, False), ("bf16", torch.bfloat16, True)]:
-        first, second, targets = split_pairs(*batch, torch.device("cpu"), channels_last)
+        first, second, targets = pair_sides(batch, torch.device("cpu"), channels_last)
         with torch.no_grad(), torch.autocast("cpu", dtype or torch.float32, enabled=dtype is not None):
             logits = model(first, second).squeeze(1)
         losses[name] = F.binary_cross_entropy_with_logits(logits.float(), targets).item()
@@ -111,24 +112,50 @@ def test_torchrun_two_processes(small1, tmp_path):
     assert result.stdout.count("Epoch 1/1: loss") == 1  # only rank 0 talks
 
 
-def test_bench_quick_prints_every_figure(omniglot_subset):
-    command = [sys.executable, "bench.py", "--quick", "--dataset", str(omniglot_subset), "--input_shape", "32", "32",
-               "--batch_size", "2", "--steps", "1", "--loader_images", "32", "--workers", "1", "--threads", "1",
-               "--way", "5"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run_bench(*args):
+    result = subprocess.run([sys.executable, "bench.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    number = r"(\d+(?:\.\d+)?)"
-    loader = rf"loader images/s per worker: {number} \(PIL image by image: {number}; ratio {number}x\)"
+    return result.stdout
+
+
+NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+def test_bench_quick_prints_every_figure(omniglot_subset):
+    out = run_bench("--quick", "--dataset", omniglot_subset, "--input_shape", 32, 32, "--batch_size", 2, "--steps", 1,
+                    "--loader_images", 32, "--workers", 1, "--threads", 1, "--way", 5)
+    loader = rf"loader images/s per worker: {NUMBER} \(PIL image by image: {NUMBER}; ratio {NUMBER}x\)"
     assert re.search(loader, out), out
-    for setting in ("fp32", "fp32+channels_last", "bf16", "bf16+channels_last"):
-        line = re.search(rf"^{re.escape(setting)} +training pairs/s +{number} +inference pairs/s +{number} +"
-                         rf"peak memory \(training\) {number} MiB", out, re.M)
-        assert line and all(float(x) > 0 for x in line.groups()), (setting, out)
-    for setting in ("fp32+channels_last", "bf16", "bf16+channels_last"):
-        assert re.search(rf"ratio {re.escape(setting)} / fp32: training {number}x, inference {number}x", out), out
-    assert re.search(rf"DataLoader with 1 workers: {number} images/s", out), out
-    assert re.search(rf"one 5-way task \(25 pairs, .*head only {number} ms; .*network {number} ms", out), out
+    line = re.search(rf"^fp32 +training pairs/s +{NUMBER} +inference pairs/s +{NUMBER} +"
+                     rf"peak memory \(training\) {NUMBER} MiB", out, re.M)
+    assert line and all(float(x) > 0 for x in line.groups()), out
+    assert "--quick: fp32 alone" in out and "bf16 " not in out  # quick on any CPU: nothing emulated
+    peak = re.search(rf"fp32 step: {NUMBER} GFLOP in {NUMBER} s = {NUMBER} GFLOP/s; peak .* {NUMBER} GFLOP/s: "
+                     rf"{NUMBER}% of it", out)
+    assert peak and 0 < float(peak.group(5)) <= 100 * 1.5, out  # a step's FLOPs over the measured peak
+    assert re.search(rf"DataLoader with 1 workers: {NUMBER} images/s", out), out
+    assert re.search(rf"one 5-way task \(25 pairs, .*head only {NUMBER} ms; .*network {NUMBER} ms", out), out
+
+
+def test_bench_times_the_recipes_step_and_skips_what_this_cpu_emulates(omniglot_subset):
+    from utils.precision import native_bf16
+
+    out = run_bench("--pairing", "batch", "--dataset", omniglot_subset, "--input_shape", 32, 32, "--batch_size", 8,
+                    "--steps", 1, "--workers", 1, "--threads", 1)
+    assert "8 images of 4 per class, 28 pairs, BCE + ranking term" in out
+    assert re.search(rf"fp32 model step {NUMBER} s: {NUMBER} steps/s, {NUMBER} pairs/s", out), out
+    assert re.search(rf"{NUMBER}% of it", out) and re.search(rf"drawn and augmented .*: {NUMBER} s", out), out
+    for workers in (0, 1):
+        assert re.search(rf"whole step, {workers} loader workers \(fp32\): {NUMBER} s = {NUMBER} steps/s", out), out
+    timed_bf16 = re.search(r"^bf16 +training pairs/s", out, re.M) is not None
+    assert timed_bf16 == native_bf16() and ("bf16 skipped" in out) == (not native_bf16()), out
+
+
+def test_bench_times_a_gallery_query():
+    out = run_bench("--gallery", 5000, "--input_shape", 64, 64, "--steps", 1, "--threads", 1)
+    match = re.search(rf"gallery query: 5000 cached embeddings of 2048 features .*: {NUMBER} ms a query", out)
+    assert match and float(match.group(1)) > 0, out
 
 
 def test_bench_defaults_to_the_embedded_glyphs(tmp_path, monkeypatch):

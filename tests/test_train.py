@@ -30,9 +30,11 @@ def test_two_epochs_write_weights_losses_and_plot_then_reload(omniglot_subset, t
 
     names = {p.name for p in save_dir.iterdir()}
     assert {"best_epoch_weights.pth", "last_epoch_weights.pth", "last.ckpt"} <= names
-    epoch_files = sorted(n for n in names if n.startswith("ep"))
+    epoch_files = sorted(n for n in names if n.startswith("ep") and n.endswith(".pth"))
     assert [n[:5] for n in epoch_files] == ["ep001", "ep002"]
-    assert all(n.endswith(".pth") and "-loss" in n and "-val_loss" in n for n in epoch_files)
+    assert all("-loss" in n and "-val_loss" in n for n in epoch_files)
+    weight_files = [n for n in names if n.endswith(".pth")]
+    assert sorted(n for n in names if n.endswith(".json")) == sorted(n[:-4] + ".json" for n in weight_files)
 
     (log_dir,) = save_dir.glob("loss_*")
     losses = [float(x) for x in (log_dir / "epoch_loss.txt").read_text().split()]
@@ -125,11 +127,11 @@ def test_a_run_that_cannot_learn_is_told_so(small1, tmp_path):
                        "--Epoch", 1, "--train_ratio", 0.5, "--log_interval", 1, "--num_workers", 0)
     assert result.returncode == 0, result.stderr[-2000:]
     (warning,) = [line for line in result.stdout.splitlines() if "not learning" in line]
-    assert "step 2: loss 0.69" in warning and "--backbone resnet18" in warning
+    assert "step 2: loss 0.69" in warning and "python train.py config/omniglot_scratch.py" in warning
 
 
 def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset, tmp_path):
-    from utils.distributed import native_bf16
+    from utils.precision import native_bf16
 
     save_dir = tmp_path / "logs"
     result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
@@ -146,11 +148,15 @@ def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset
 
 
 def test_auto_settings_parse_and_explicit_values_win():
-    config, _ = train.parse_train_config([])
-    assert config.bf16 == "auto" and config.channels_last == "auto"
-    config, _ = train.parse_train_config(["--bf16", "False", "--channels_last", "True"])
+    from utils.config import resolve
+    from utils.precision import native_bf16
+
+    config, _ = train.parse_train_config(["--Cuda", "False"])
+    assert {"bf16", "channels_last"} <= set(config.auto) and config.saved()["bf16"] == "auto"
+    assert config.bf16 == native_bf16() and config.amp_dtype == (torch.bfloat16 if config.bf16 else None)
+    config, _ = train.parse_train_config(["--bf16", "False", "--channels_last", "True", "--Cuda", "False"])
     assert config.bf16 is False and config.channels_last is True
-    cpu = torch.device("cpu")
-    assert train.choose_precision(config, cpu, use_cuda=False) == (None, True)
+    assert (config.amp_dtype, config.channels_last) == (None, True)
     config.bf16, config.channels_last = True, "auto"
-    assert train.choose_precision(config, cpu, use_cuda=False) == (torch.bfloat16, True)
+    resolve(config, given=set())
+    assert (config.amp_dtype, config.channels_last) == (torch.bfloat16, True)

@@ -1,6 +1,5 @@
 """Training augmentation: per-image torchvision pipelines, and the batched AutoAugment the loader uses."""
 import math
-import random
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +7,7 @@ from torchvision.transforms import v2
 
 from utils.images import GREY, eval_transform
 
-AUGMENTATIONS = ("autoaugment", "affine", "jitter", "none")
+AUGMENTATIONS = ("autoaugment", "affine", "strokes", "jitter", "none")
 WHITE = 255  # the "affine" fill: drawings such as Omniglot's are ink on white paper
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
@@ -69,15 +68,57 @@ class RandomLetterbox(torch.nn.Module):
     def forward(self, image):
         height, width = self.size
         _, ih, iw = image.shape
-        aspect = iw / ih * random.uniform(1 - self.jitter, 1 + self.jitter)
-        aspect /= random.uniform(1 - self.jitter, 1 + self.jitter)
-        scale = random.uniform(*self.scale)
+        aspect = iw / ih * uniform(1 - self.jitter, 1 + self.jitter)
+        aspect /= uniform(1 - self.jitter, 1 + self.jitter)
+        scale = uniform(*self.scale)
         nh = int(scale * height) if aspect < 1 else int(scale * width / aspect)
         nw = int(nh * aspect)
         nh, nw = max(1, min(nh, height)), max(1, min(nw, width))
         resized = v2.functional.resize(image, [nh, nw], antialias=True)
-        top, left = random.randint(0, height - nh), random.randint(0, width - nw)
+        top, left = int(torch.randint(height - nh + 1, ())), int(torch.randint(width - nw + 1, ()))
         return v2.functional.pad(resized, [left, top, width - nw - left, height - nh - top], fill=GREY)
+
+
+class StrokeWidth(torch.nn.Module):
+    """Dark strokes on a light ground made a pixel thinner (3x3 maximum) or thicker (3x3 minimum), each with
+    probability `p`, at the drawing's own resolution; uint8 (C, H, W) in and out."""
+
+    def __init__(self, p=0.25):
+        super().__init__()
+        self.p = p
+
+    def forward(self, image):
+        draw = float(torch.rand(()))
+        if draw >= 2 * self.p:
+            return image
+        pixels = image.float()[None]
+        if draw < self.p:
+            return F.max_pool2d(pixels, 3, 1, 1)[0].to(torch.uint8)
+        return (-F.max_pool2d(-pixels, 3, 1, 1))[0].to(torch.uint8)
+
+
+class Elastic(torch.nn.Module):
+    """A smooth random warp, as a hand draws a character differently each time: every pixel moves by a field
+    interpolated (bicubic) from random shifts of up to `fraction` of the side on a `cells` x `cells` grid; the
+    border's colour fills what moves in. uint8 (C, H, W) in and out."""
+
+    def __init__(self, fraction=0.04, cells=4):
+        super().__init__()
+        self.fraction, self.cells = fraction, cells
+
+    def forward(self, image):
+        _, height, width = image.shape
+        shifts = (torch.rand(1, 2, self.cells + 1, self.cells + 1) * 2 - 1) * self.fraction * 2  # of the [-1, 1] grid
+        field = F.interpolate(shifts, size=(height, width), mode="bicubic", align_corners=True)[0]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        grid = torch.stack([xs + field[0], ys + field[1]], -1)[None]
+        warped = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return warped[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def uniform(low, high):
+    """A float drawn uniformly from [low, high) with torch's generator, as torchvision's transforms draw theirs."""
+    return float(torch.empty(()).uniform_(low, high))
 
 
 def train_transform(input_shape, augmentation="autoaugment"):
@@ -86,16 +127,20 @@ def train_transform(input_shape, augmentation="autoaugment"):
     `autoaugment` (the original default): random resized crop, flip, one AutoAugment ImageNet
     sub-policy. `affine`: the validation resize, then small random distortions of a drawing (rotation
     10 degrees, translation 8%, scale 0.85-1.15, shear 15 degrees, white fill), as Koch et al. used for Omniglot.
+    `strokes`: handwriting's own variation before `affine`: strokes a pixel thinner or thicker, and a smooth
+    elastic warp of the drawing.
     `jitter`: scale/aspect jitter with grey padding, flip, rotation, HSV jitter.
     `none`: the validation preprocessing.
     """
     size = list(input_shape)
     if augmentation == "none":
         return eval_transform(size)
+    # nearest: torchvision's bilinear fill darkens the border seam (it weights the fill twice)
+    distort = v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.85, 1.15), shear=15, fill=WHITE)
     if augmentation == "affine":
-        # nearest: torchvision's bilinear fill darkens the border seam (it weights the fill twice)
-        distort = v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.85, 1.15), shear=15, fill=WHITE)
         return v2.Compose([eval_transform(size), distort])
+    if augmentation == "strokes":
+        return v2.Compose([StrokeWidth(), eval_transform(size), Elastic(), distort])
     if augmentation == "autoaugment":
         steps = [
             v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),

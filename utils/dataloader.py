@@ -1,14 +1,21 @@
-"""Listing images by class, splitting them, and sampling labelled pairs (or whole class batches) for training."""
+"""Listing images by class, splitting them, and drawing the batch of each step: pair items or class batches.
+
+Every batch is drawn by a generator seeded with the dataset's seed and the step's number alone, so a step's
+images are the same whichever worker draws them and however the run was interrupted and resumed.
+"""
+import hashlib
 import os
 import random
-import sys
-from collections import defaultdict
+import signal
+from collections import defaultdict, namedtuple
+from types import SimpleNamespace
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.augment import BatchAutoAugment, PerImage, train_transform
-from utils.errors import DataError, ImageError
+from utils.errors import ConfigError, DataError, ImageError
+from utils.files import warn_skipped
 from utils.images import eval_transform, is_image_file, load_image, verify_image
 
 SPLITS = ("image", "class")
@@ -47,13 +54,6 @@ def scan(folder, broken):
         except OSError as e:  # a symlink loop
             broken.append(f"{entry.path} ({e.strerror})")
     return sorted(folders), sorted(files)
-
-
-def warn_skipped(what, items):
-    """One warning line on stderr naming up to 5 skipped `items`."""
-    if items:
-        print(f"Warning: skipped {len(items)} {what}: " + "; ".join(items[:5]) + (" ..." if len(items) > 5 else ""),
-              file=sys.stderr)
 
 
 def list_images(dataset_path, train_own_data=False, folder="images_background", warn=True):
@@ -135,6 +135,15 @@ def split_indices(labels, split_by="image", train_ratio=0.9, seed=0):
     raise ValueError(f"unknown split_by {split_by!r}; choose one of {', '.join(SPLITS)}")
 
 
+def data_digest(class_names, train_indices, labels):
+    """A digest (hex) of the class list and of which classes and how many images train: what a resumed run
+    must find again."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update("\n".join(class_names).encode())
+    digest.update(repr(sorted(labels[i] for i in train_indices)).encode())
+    return digest.hexdigest()
+
+
 def batch_transform(input_shape, train=True, augmentation="autoaugment"):
     """What turns a list of decoded uint8 images into one uint8 (N, 3, H, W) batch: the training
     `augmentation` (AutoAugment batched), or the validation resize when not `train`."""
@@ -143,22 +152,51 @@ def batch_transform(input_shape, train=True, augmentation="autoaugment"):
     return PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
 
 
-class SiameseDataset(Dataset):
-    """Each item is two labelled pairs: (a, b) of one class -> 1, (c, d) of two classes -> 0.
+PairBatch = namedtuple("PairBatch", "images labels")  # uint8 (B items, 2 pairs, 2 sides, 3, H, W); float (B, 2)
+ClassBatch = namedtuple("ClassBatch", "images labels")  # uint8 (B, 3, H, W); int64 class labels (B,)
+
+
+class StepBatches(Dataset):
+    """A dataset whose item `step` is the whole batch of that step: `draw(rng)`, with `rng` a `random.Random` and
+    torch's generator seeded from (`seed`, `step`) alone. `len` is the number of steps in an epoch; step numbers
+    run on across epochs (`StepSampler`)."""
+
+    def __init__(self, steps, seed):
+        self.steps, self.seed = steps, seed
+
+    def __len__(self):
+        return self.steps
+
+    def generators(self, step):
+        """(a `random.Random`, a seed for torch's generator): what draws `step`'s batch."""
+        rng = random.Random(f"{self.seed}/{step}")
+        return rng, rng.getrandbits(63)
+
+    def __getitem__(self, step):
+        rng, torch_seed = self.generators(step)
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's global generator
+            torch.manual_seed(torch_seed)
+            return self.draw(rng)
+
+    def draw(self, rng):
+        raise NotImplementedError
+
+
+class PairItems(StepBatches):
+    """Each step is `items` items of two labelled pairs: (a, b) of one class -> 1, (c, d) of two classes -> 0.
 
     The positive class has at least 3 images; a, b, c are distinct images of it and d is an
     image of another class: any other class (`negatives` "any", the original), or one of the same
     group (`negatives` "same_group": the same alphabet, as Lake's one-shot task asks; `groups[label]`
     names each label's group, and a class alone in its group falls back to any other class).
-    Items are random draws (the index only sets the epoch length), so every DataLoader worker and
-    rank must seed `random` differently.
-    Returns images (2 pairs, 2 sides, 3, H, W) uint8 (a quarter of the float bytes to collate, share
-    between processes and copy to the GPU; `split_pairs` makes them float) and labels (2,) float32.
+    A step gives a `PairBatch`: images uint8 (items, 2 pairs, 2 sides, 3, H, W), a quarter of the float bytes to
+    share between processes and copy to the GPU, and labels (items, 2) float32, the two pairs in random order.
     """
 
-    def __init__(self, paths, labels, input_shape, train=True, augmentation="autoaugment", name="dataset",
-                 groups=None, negatives="any"):
-        self.paths, self.labels, self.input_shape = list(paths), list(labels), list(input_shape)
+    def __init__(self, paths, labels, input_shape, items, steps=None, train=True, augmentation="autoaugment",
+                 name="dataset", groups=None, negatives="any", seed=0):
+        super().__init__(max(1, len(paths) // items) if steps is None else steps, seed)
+        self.paths, self.labels, self.input_shape, self.items = list(paths), list(labels), list(input_shape), items
         self.transform = batch_transform(input_shape, train, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
         self.classes = sorted(self.by_class)
@@ -179,57 +217,53 @@ class SiameseDataset(Dataset):
                 f"{len(self.classes)} classes); add images, or use split_by class"
             )
 
-    def __len__(self):
-        return len(self.paths)
-
-    def sample_pair(self):
-        """Draw a positive and a negative pair of paths: ((a, b), (c, d))."""
-        positive = random.choice(self.positive_classes)
-        a, b, c = random.sample(self.by_class[positive], 3)
+    def sample_pair(self, rng):
+        """Draw a positive and a negative pair of paths with `rng` (a `random.Random`): ((a, b), (c, d))."""
+        positive = rng.choice(self.positive_classes)
+        a, b, c = rng.sample(self.by_class[positive], 3)
         if positive in self.group_mates:
-            other = random.choice(self.group_mates[positive])
+            other = rng.choice(self.group_mates[positive])
         else:
-            index = random.randrange(len(self.classes) - 1)  # uniform over the other classes, no rejection loop
+            index = rng.randrange(len(self.classes) - 1)  # uniform over the other classes, no rejection loop
             other = self.classes[index + (index >= self.class_index[positive])]
-        d = random.choice(self.by_class[other])
+        d = rng.choice(self.by_class[other])
         return (a, b), (c, d)
 
-    def __getitems__(self, indices):
-        """A whole batch of items: every image is decoded once, then all are augmented together.
+    def draw(self, rng):
+        """One step's `PairBatch`: every image is decoded once, then all are augmented together.
 
         Greyscale PNGs stay one channel until the end (channel-wise ops, a third of the work).
         """
         drawn = []
-        for _ in indices:
-            positive, negative = self.sample_pair()
-            items = [(positive, 1.0), (negative, 0.0)]
-            random.shuffle(items)
+        for _ in range(self.items):
+            items = [(pair, label) for pair, label in zip(self.sample_pair(rng), (1.0, 0.0))]
+            rng.shuffle(items)
             drawn.append(items)
         paths = [path for items in drawn for pair, _ in items for path in pair]
         images = self.transform([load_image(path, keep_grey=True) for path in paths])
-        images = images.unflatten(0, (len(drawn), 2, 2))
-        return [(images[k], torch.tensor([label for _, label in items])) for k, items in enumerate(drawn)]
-
-    def __getitem__(self, index):
-        return self.__getitems__([index])[0]
+        labels = torch.tensor([[label for _, label in items] for items in drawn])
+        return PairBatch(images.unflatten(0, (len(drawn), 2, 2)), labels)
 
 
-class ClassBatches(Dataset):
-    """Each item is one whole training batch for `pairing = "batch"`: `batch_size // images_per_class`
-    classes with `images_per_class` images each, of which the loop scores every pair.
+class ClassBatches(StepBatches):
+    """Each step is one class batch for `pairing = "batch"`: `batch_size // images_per_class` classes with
+    `images_per_class` images each, of which the loop scores every pair.
 
     The classes of a batch come from one group (alphabet) with `negatives` "same_group", drawn with
     probability by the group's size; groups with a single class are left out, and when none has two
     classes all classes form one group. A class with fewer images gives all it has (at least 2).
     `class_rotations` True adds each class turned by 90, 180 and 270 degrees as three new classes (in
     a group of their own per turn): a turned character is another character, four times the classes.
-    Items are random draws; `len` is the number of steps in an epoch, about one pass over the images.
-    Returns images (B, 3, H, W) uint8 and their class labels (B,) int64; a turned class is labelled
-    label + turns * (largest label + 1).
+    `class_mirrors` True adds each class (and each turn of it) mirrored left to right, twice the classes again.
+    A step gives a `ClassBatch`: images uint8 (B, 3, H, W) and their class labels (B,) int64; a class under
+    transform t (turns + 4 * mirrored) is labelled label + t * (largest label + 1). `steps` defaults to about one
+    pass over the images.
     """
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
-                 groups=None, negatives="any", name="training", class_rotations=False):
+                 groups=None, negatives="any", name="training", class_rotations=False, steps=None, seed=0,
+                 class_mirrors=False):
+        super().__init__(max(1, len(paths) // batch_size) if steps is None else steps, seed)
         self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
         self.transform = batch_transform(input_shape, True, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
@@ -238,30 +272,147 @@ class ClassBatches(Dataset):
             raise DataError(f"the {name} split has {len(classes)} class(es) with at least 2 images; "
                             f"pairing batch needs at least 2")
         pools = defaultdict(list)
+        transforms = [turns + 4 * mirrored for mirrored in range(2 if class_mirrors else 1)
+                      for turns in range(4 if class_rotations else 1)]
         for c in classes:
             group = groups[c] if negatives == "same_group" and groups is not None else ""
-            for turns in range(4 if class_rotations else 1):
-                pools[(group, turns)].append((c, turns))
+            for transform in transforms:
+                pools[(group, transform)].append((c, transform))
         self.pools = [pool for _, pool in sorted(pools.items()) if len(pool) >= 2] or [sum(pools.values(), [])]
         self.pool_weights = [len(pool) for pool in self.pools]
         self.classes_per_batch = max(2, batch_size // images_per_class)
         self.turn_stride = max(classes) + 1
 
-    def __len__(self):
-        return max(1, len(self.paths) // self.batch_size)
+    def smallest_batch(self):
+        """The fewest images a batch can hold: its group's classes may be fewer, or hold fewer images, than asked."""
+        return min(sum(sorted(min(self.images_per_class, len(self.by_class[c])) for c, _ in pool)
+                       [:self.classes_per_batch]) for pool in self.pools)
 
-    def sample_batch(self):
-        """Draw one batch, grouped by class: (paths, quarter turns of each image, class labels)."""
-        pool = random.choices(self.pools, self.pool_weights)[0]
+    def sample_batch(self, rng):
+        """Draw one batch with `rng` (a `random.Random`), grouped by class: (paths, the transform of each image
+        (quarter turns + 4 when mirrored), class labels)."""
+        pool = rng.choices(self.pools, self.pool_weights)[0]
         paths, turns, labels = [], [], []
-        for c, k in random.sample(pool, min(self.classes_per_batch, len(pool))):
-            drawn = random.sample(self.by_class[c], min(self.images_per_class, len(self.by_class[c])))
+        for c, k in rng.sample(pool, min(self.classes_per_batch, len(pool))):
+            drawn = rng.sample(self.by_class[c], min(self.images_per_class, len(self.by_class[c])))
             paths += drawn
             turns += [k] * len(drawn)
             labels += [c + k * self.turn_stride] * len(drawn)
         return paths, turns, labels
 
-    def __getitem__(self, index):
-        paths, turns, labels = self.sample_batch()
-        images = [torch.rot90(load_image(path, keep_grey=True), k, dims=(1, 2)) for path, k in zip(paths, turns)]
-        return self.transform(images), torch.tensor(labels)
+    def draw(self, rng):
+        paths, turns, labels = self.sample_batch(rng)
+        images = [transformed(load_image(path, keep_grey=True), k) for path, k in zip(paths, turns)]
+        return ClassBatch(self.transform(images), torch.tensor(labels))
+
+
+def transformed(image, transform):
+    """A (C, H, W) image mirrored left to right when `transform` >= 4, then turned by `transform` % 4 quarter turns."""
+    if transform >= 4:
+        image = image.flip(-1)
+    return torch.rot90(image, transform % 4, dims=(1, 2))
+
+
+class StepSampler(Sampler):
+    """The step numbers of one epoch of `steps` steps, from step `first` of it on (`set_epoch`): a resumed run
+    takes the very batches the interrupted one would have."""
+
+    def __init__(self, steps):
+        self.steps, self.epoch, self.first = steps, 0, 0
+
+    def set_epoch(self, epoch, first=0):
+        self.epoch, self.first = epoch, first
+
+    def __iter__(self):
+        return iter(range(self.epoch * self.steps + self.first, (self.epoch + 1) * self.steps))
+
+    def __len__(self):
+        return self.steps - self.first
+
+
+def ignore_ctrl_c(worker_id):
+    """DataLoader workers leave Ctrl-C, which a terminal sends to every process of the job, to the main process:
+    it stops the run at a step boundary and then shuts the workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(dataset, num_workers, pin_memory=False):
+    """A DataLoader over a `StepBatches` dataset, each item a whole batch, its steps chosen by a `StepSampler`
+    (`loader.sampler.set_epoch`); `num_workers` processes draw ahead of the training step."""
+    return DataLoader(dataset, batch_size=None, sampler=StepSampler(len(dataset)), num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      prefetch_factor=4 if num_workers > 0 else None,
+                      worker_init_fn=ignore_ctrl_c if num_workers > 0 else None)
+
+
+def load_training_data(c, rank=0, world_size=1, say=print):
+    """List, split and wrap the data of training config `c` for this process -> a namespace: `train_loader` and
+    `val_loader` (`make_loader`), `steps` (training steps an epoch), `num_train`, `num_val`, `val_paths`,
+    `val_labels`, `digest` (`data_digest`) and `description` (what a settings file records of the data).
+
+    Each rank draws its own batches (its seed is seed + rank) of batch_size / world_size images or items; the
+    validation batches are the same every epoch. Raises DataError when the data cannot be used, and ConfigError
+    when `best_by oneshot` could never measure on the validation classes.
+    """
+    root = os.path.join(c.dataset_path, "images_background")
+    if not os.path.isdir(root):
+        raise DataError(
+            f"no dataset at {root}: make one with 'python -m tools.datasets glyphs' (embedded, offline) or "
+            f"'python -m tools.datasets omniglot' (downloads Omniglot), or put your own class folders there "
+            f"with --train_own_data True"
+        )
+    paths, labels, class_names, skipped = list_images(c.dataset_path, c.train_own_data, warn=rank == 0)
+    say(f"{len(paths)} images in {len(class_names)} classes ({skipped} files skipped)")
+    few = sum(1 for rows in indices_by_class(labels).values() if len(rows) < 3)
+    if few:
+        say(f"Note: {few} of {len(class_names)} classes have fewer than 3 images: they only appear in negative pairs")
+    train_idx, val_idx = split_indices(labels, c.split_by, c.train_ratio, seed=0)
+    per_rank, steps = c.batch_size // world_size, len(train_idx) // c.batch_size
+    train_set = training_batches(c, [paths[i] for i in train_idx], [labels[i] for i in train_idx],
+                                 class_groups(class_names), per_rank, steps, c.seed + rank, say)
+    val_paths, val_labels = [paths[i] for i in val_idx], [labels[i] for i in val_idx]
+    val_set = PairItems(val_paths, val_labels, c.input_shape, per_rank, len(val_idx) // c.batch_size, train=False,
+                        name="validation", groups=class_groups(class_names), negatives=c.negatives,
+                        seed=f"validation/{c.seed + rank}")
+    if len(train_idx) < c.batch_size or len(val_idx) < c.batch_size:
+        raise DataError(
+            f"dataset too small: {len(train_idx)} training and {len(val_idx)} validation images for batch_size "
+            f"{c.batch_size}; lower batch_size or add images"
+        )
+    check_oneshot_measurable(c, val_labels)
+    pin = c.device.type == "cuda"
+    return SimpleNamespace(
+        train_loader=make_loader(train_set, c.num_workers, pin), val_loader=make_loader(val_set, c.num_workers, pin),
+        steps=steps, num_train=len(train_idx), num_val=len(val_idx), val_paths=val_paths, val_labels=val_labels,
+        digest=data_digest(class_names, train_idx, labels),
+        description={"dataset_path": os.path.abspath(c.dataset_path), "classes": len(class_names),
+                     "images": len(paths), "train_classes": len({labels[i] for i in train_idx}),
+                     "train_images": len(train_idx), "split_by": c.split_by, "train_ratio": c.train_ratio,
+                     "train_own_data": c.train_own_data})
+
+
+def training_batches(c, paths, labels, groups, per_rank, steps, seed, say):
+    """The training dataset of config `c`: `ClassBatches` for pairing "batch", else `PairItems`; says once when
+    some class batches must hold fewer images than asked for."""
+    if c.pairing != "batch":
+        return PairItems(paths, labels, c.input_shape, per_rank, steps, train=True, augmentation=c.augmentation,
+                         name="training", groups=groups, negatives=c.negatives, seed=seed)
+    batches = ClassBatches(paths, labels, c.input_shape, per_rank, c.images_per_class, c.augmentation, groups,
+                           c.negatives, class_rotations=c.class_rotations, steps=steps, seed=seed,
+                           class_mirrors=c.class_mirrors)
+    smallest = batches.smallest_batch()
+    if smallest < per_rank:
+        say(f"Note: some groups hold too few classes or images for batches of {per_rank}: a batch may hold as few "
+            f"as {smallest} images (the learning rate stays scaled to batch_size {c.batch_size})")
+    return batches
+
+
+def check_oneshot_measurable(c, val_labels):
+    """Raise ConfigError when `best_by oneshot` asks for a one-shot check the validation classes cannot give."""
+    if c.best_by != "oneshot":
+        return
+    usable = sum(1 for rows in indices_by_class(val_labels).values() if len(rows) >= 2)
+    if usable < 2:
+        raise ConfigError(f"best_by oneshot: the validation split has {usable} class(es) with 2 images or more, "
+                          f"too few for any one-shot task, so best_epoch_weights.pth would never be written; raise "
+                          f"the validation share (train_ratio {c.train_ratio}) or use best_by val_loss")

@@ -1,21 +1,8 @@
-"""Devices and processes: what the hardware does natively, and torchrun-aware setup (rank 0 talks and saves)."""
+"""Several processes under torchrun: the process group, the device of each rank, and sums over ranks."""
 import os
 
 import torch
 import torch.distributed as dist
-
-
-def native_bf16(device=torch.device("cpu")):
-    """True where bfloat16 autocast is fast on `device`: a CUDA GPU with bf16 (Ampere or newer), or a CPU
-    with AVX-512 BF16 or AMX (elsewhere it is emulated, slower than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def launched_by_torchrun():
@@ -23,24 +10,26 @@ def launched_by_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def setup(distributed, use_cuda):
-    """Start the process group if asked to or launched by torchrun; returns (rank, local_rank, world_size, device).
+def setup(distributed, device):
+    """Start the process group if asked to or launched by torchrun; returns (rank, world_size).
 
-    NCCL on CUDA, gloo on CPU. Without distribution: rank 0 of 1 on the first GPU or the CPU.
+    `device` is this process's (the config decides it: cuda:LOCAL_RANK or the CPU); NCCL on CUDA, gloo on CPU.
+    Without distribution: rank 0 of 1.
     """
     if not (distributed or launched_by_torchrun()):
-        return 0, 0, 1, torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        return 0, 1
     if not launched_by_torchrun():
         raise RuntimeError("distributed = True needs a launcher: torchrun --nproc_per_node=N train.py ...")
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
-    return rank, local_rank, world_size, device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def world_size():
+    """The number of processes in the run (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def is_distributed():
@@ -67,3 +56,14 @@ def all_ranks_finite(loss):
 def cleanup():
     if is_distributed():
         dist.destroy_process_group()
+
+
+def any_rank(value):
+    """The largest of the integer `value` over all ranks (itself without a process group): what one rank asks for,
+    every rank does."""
+    if not is_distributed():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flag = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())

@@ -23,3 +23,11 @@ class ConfigError(ValueError):
 
 class SaveError(OSError):
     """A file the project writes could not be written (full disk, no permission); the message names it."""
+
+
+def one_line(error):
+    """The message of `error` on one line; a DataLoader worker re-raises with the worker's traceback
+    in the message, whose last line is `module.Class: message`."""
+    last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    prefix = f"{type(error).__module__}.{type(error).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

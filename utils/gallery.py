@@ -13,13 +13,13 @@ import stat
 import torch
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_save, safe_load
-from utils.dataloader import warn_skipped
 from utils.errors import DataError, ImageError, WeightsError
+from utils.files import atomic_save, warn_skipped
 from utils.images import is_image_file, load_image
+from utils.weights import safe_load
 
 CACHE_NAME = ".siamese_embeddings.pth"
-CACHE_VERSION = 2  # 1 keyed images by (size, mtime); its caches are rebuilt
+CACHE_VERSION = 2  # a cache of another version is rebuilt
 CHUNK = 256  # images decoded at a time: a multiple of the predictor's batch (64), so its batches do not change
 
 
@@ -152,8 +152,7 @@ def rank_gallery(predictor, folder, query, top=5, use_cache=True, progress=True)
     every image sits directly in `folder`.
     """
     names, embeddings, _ = gallery_embeddings(predictor, folder, use_cache, progress)
-    query_embedding = predictor.embed([query])
-    scores = torch.cat([predictor.score_pairs(query_embedding, chunk) for chunk in embeddings.split(4096)]).tolist()
+    scores = predictor.score_pairs(predictor.embed([query]), embeddings).tolist()
     ranked = sorted(zip(scores, names), key=lambda item: -item[0])
     best_by_class = {}
     for score, name in ranked:

@@ -1,10 +1,11 @@
 """One-shot evaluation: N-way k-shot tasks, Lake's official runs and pair verification.
 
-Every image is embedded once (batched, through the predictor's `embed`); pairs are scored with the
-head alone. Ties are broken at random with a seeded generator, so a model that scores every pair
-the same gets chance accuracy, never credit for the right answer's position.
+Every image is embedded once (batched, through the predictor's `embed`); pairs are scored by the head alone,
+on logits where only the ranking counts (a probability saturates at 1 and would tie). Ties are broken at random
+with a seeded generator, so a model that scores every pair the same gets chance accuracy, never credit for the
+right answer's position. A predictor here is anything with `embed(images, progress=...)` and
+`score_pairs(emb1, emb2, logits=...)`, as `siamese.Siamese` has.
 """
-import math
 import os
 import random
 from collections import defaultdict
@@ -15,10 +16,9 @@ import torch
 from utils.dataloader import class_groups, indices_by_class, list_images
 from utils.errors import DataError
 from utils.images import is_image_file
-from utils.loop import embed_images
+from utils.metrics import mean_ci, verification_metrics
 
-Z95 = 1.959964  # two-sided 95% normal quantile
-
+TASKS_AT_ONCE = 64  # tasks whose pairs are scored in one call: bounds the gathered embeddings
 
 def detect_own_data(folder):
     """True when `folder` is <class>/<image> (two levels), False for <alphabet>/<character>/<image>."""
@@ -94,20 +94,27 @@ def run_tasks(tasks, embeddings, score_fn, seed=0):
     """
     generator = torch.Generator().manual_seed(seed)
     outcomes = []
-    for query, supports, answer in tasks:
-        way, shot = len(supports), len(supports[0])
-        candidates = embeddings[torch.tensor(supports).flatten()]
-        scores = score_fn(embeddings[query].expand_as(candidates), candidates).float().reshape(way, shot).mean(1)
-        outcomes.append(int(pick_best(scores, generator) == answer))
+    for start in range(0, len(tasks), TASKS_AT_ONCE):
+        chunk = tasks[start:start + TASKS_AT_ONCE]
+        queries = torch.tensor([query for query, supports, _ in chunk for row in supports for _ in row])
+        candidates = torch.tensor([index for _, supports, _ in chunk for row in supports for index in row])
+        scores = score_fn(embeddings[queries], embeddings[candidates]).float()
+        for query, supports, answer in chunk:
+            way, shot = len(supports), len(supports[0])
+            task_scores, scores = scores[:way * shot].reshape(way, shot).mean(1), scores[way * shot:]
+            outcomes.append(int(pick_best(task_scores, generator) == answer))
     return outcomes
 
 
-def mean_ci(outcomes):
-    """(mean, 95% confidence half-width) of a list of numbers (normal approximation)."""
-    values = np.asarray(outcomes, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()) if len(values) else float("nan"), float("nan")
-    return float(values.mean()), float(Z95 * values.std(ddof=1) / math.sqrt(len(values)))
+def embed_used(embed_fn, paths, indices):
+    """Embed only the images `indices` names (each once) -> (embeddings, {index in paths: row of embeddings})."""
+    used = sorted(set(indices))
+    return embed_fn([paths[i] for i in used]), {index: row for row, index in enumerate(used)}
+
+
+def ranking_scores(predictor):
+    """The predictor's pair logits, for ranking."""
+    return lambda emb1, emb2: predictor.score_pairs(emb1, emb2, logits=True)
 
 
 def evaluate_embedded(paths, labels, groups, embed_fn, score_fn, way=20, shot=1, trials=400,
@@ -118,34 +125,30 @@ def evaluate_embedded(paths, labels, groups, embed_fn, score_fn, way=20, shot=1,
     chance, trials, way, shot, within_alphabet, images (number embedded).
     """
     tasks = sample_tasks(labels, groups, way, shot, trials, within_alphabet, seed)
-    used = sorted({q for q, _, _ in tasks} | {i for _, s, _ in tasks for row in s for i in row})
-    position = {index: row for row, index in enumerate(used)}
-    embeddings = embed_fn([paths[i] for i in used])
-    tasks = [(position[q], [[position[i] for i in row] for row in s], a) for q, s, a in tasks]
+    embeddings, row = embed_used(embed_fn, paths, [i for q, s, _ in tasks for i in [q] + sum(s, [])])
+    tasks = [(row[q], [[row[i] for i in support] for support in s], a) for q, s, a in tasks]
     accuracy, ci95 = mean_ci(run_tasks(tasks, embeddings, score_fn, seed))
     return {"accuracy": accuracy, "ci95": ci95, "chance": 1.0 / way, "trials": trials, "way": way,
-            "shot": shot, "within_alphabet": within_alphabet, "images": len(used)}
+            "shot": shot, "within_alphabet": within_alphabet, "images": len(row)}
 
 
-def evaluate_split(net, paths, labels, input_shape, device, way=20, trials=400, seed=0):
-    """`way`-way one-shot accuracy of a training network on labelled image paths (the unseen validation
-    classes), across all of them; `way` is capped at the number of classes with 2 images or more.
+def evaluate_split(predictor, paths, labels, way=20, trials=400, seed=0):
+    """`way`-way one-shot accuracy of a predictor on labelled image paths (a run's unseen validation classes),
+    across all of them; `way` is capped at the number of classes with 2 images or more.
 
-    Returns (accuracy, way), or (None, way) when fewer than 2 classes can take part. Leaves `net` in eval mode.
+    Returns (accuracy, way), or (None, way) when fewer than 2 classes can take part.
     """
-    way = min(way, sum(1 for rows in indices_by_class(labels).values() if len(rows) >= 2))
+    way = oneshot_way(labels, way)
     if way < 2:
         return None, way
-    net.eval()
-
-    def score(emb1, emb2):  # logits rank the candidates as the probabilities do
-        return net.score(emb1.to(device), emb2.to(device)).squeeze(1).float().cpu()
-
-    with torch.inference_mode():
-        result = evaluate_embedded(paths, labels, [""] * (max(labels) + 1),
-                                   lambda images: embed_images(net, images, input_shape, device),
-                                   score, way, 1, trials, False, seed)
+    result = evaluate_embedded(paths, labels, [""] * (max(labels) + 1), predictor.embed, ranking_scores(predictor),
+                               way, 1, trials, False, seed)
     return result["accuracy"], way
+
+
+def oneshot_way(labels, way):
+    """The way a one-shot check on these labels can reach: `way` at most, the classes with 2 images or more."""
+    return min(way, sum(1 for rows in indices_by_class(labels).values() if len(rows) >= 2))
 
 
 def evaluate_folder(predictor, folder, way=20, shot=1, trials=400, within_alphabet=False, seed=0, own_data=None,
@@ -157,11 +160,8 @@ def evaluate_folder(predictor, folder, way=20, shot=1, trials=400, within_alphab
     trials, way, shot, within_alphabet and images (how many were embedded).
     """
     paths, labels, _, groups = list_classes(folder, own_data)
-    return evaluate_embedded(
-        paths, labels, groups,
-        lambda images: predictor.embed(images, progress=progress),
-        predictor.score_pairs, way, shot, trials, within_alphabet, seed,
-    )
+    return evaluate_embedded(paths, labels, groups, lambda images: predictor.embed(images, progress=progress),
+                             ranking_scores(predictor), way, shot, trials, within_alphabet, seed)
 
 
 def parse_run(run_dir):
@@ -241,10 +241,8 @@ def evaluate_runs_embedded(runs, embed_fn, score_fn, seed=0):
 
 def evaluate_runs(predictor, runs_dir, seed=0, progress=True):
     """Lake's official one-shot protocol for a `siamese.Siamese` predictor on `runs_dir` (all_runs); see above."""
-    return evaluate_runs_embedded(
-        list_runs(runs_dir), lambda images: predictor.embed(images, progress=progress),
-        predictor.score_pairs, seed,
-    )
+    return evaluate_runs_embedded(list_runs(runs_dir), lambda images: predictor.embed(images, progress=progress),
+                                  ranking_scores(predictor), seed)
 
 
 def sample_verification_pairs(labels, pairs=1000, seed=0):
@@ -267,58 +265,14 @@ def sample_verification_pairs(labels, pairs=1000, seed=0):
     return sampled
 
 
-def roc_auc(scores, labels):
-    """Area under the ROC curve: the chance a random positive outscores a random negative (ties count half)."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average 1-based rank within ties
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
-
-
-def metrics_at(scores, labels, threshold):
-    """Accuracy, precision and recall when pairs scoring >= `threshold` are called the same class."""
-    predicted, labels = np.asarray(scores) >= threshold, np.asarray(labels).astype(bool)
-    true_positives = int((predicted & labels).sum())
-    return {
-        "threshold": float(threshold),
-        "accuracy": float((predicted == labels).mean()),
-        "precision": true_positives / int(predicted.sum()) if predicted.any() else 0.0,
-        "recall": true_positives / int(labels.sum()) if labels.any() else 0.0,
-    }
-
-
-def best_threshold(scores, labels):
-    """The score threshold (predict same when score >= it) with the highest accuracy on these pairs."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    order = np.argsort(-scores, kind="stable")
-    ranked, hits = scores[order], labels[order]
-    true_positives, false_positives = np.cumsum(hits), np.cumsum(~hits)
-    last_of_tie = np.append(ranked[1:] != ranked[:-1], True)  # cut only between different scores
-    correct = true_positives + (~labels).sum() - false_positives
-    correct = np.where(last_of_tie, correct, -1)
-    if correct.max() < (~labels).sum():  # calling nothing "same" is better
-        return float(np.nextafter(ranked[0], np.inf)) if len(ranked) else 0.5
-    return float(ranked[int(np.argmax(correct))])
-
-
-def verification_metrics(scores, labels):
-    """ROC AUC, the best-accuracy threshold with its accuracy/precision/recall, and the same at 0.5."""
-    threshold = best_threshold(scores, labels)
-    return {"auc": roc_auc(scores, labels), "best": metrics_at(scores, labels, threshold),
-            "at_0.5": metrics_at(scores, labels, 0.5), "pairs": len(labels), "positives": int(np.sum(labels))}
-
-
-def evaluate_verification(predictor, folder, pairs=1000, seed=0, own_data=None, progress=True):
-    """Verification metrics of a predictor on `pairs` labelled pairs sampled from `folder`; see verification_metrics."""
+def evaluate_verification(predictor, folder, pairs=1000, seed=0, own_data=None, progress=True, threshold=None):
+    """Verification metrics of a predictor on `pairs` labelled pairs sampled from `folder` (`verification_metrics`,
+    with `threshold` the weights' recorded one), plus "scores" and "labels" of every pair for figures."""
     paths, labels, _, _ = list_classes(folder, own_data)
     sampled = sample_verification_pairs(labels, pairs, seed)
-    used = sorted({i for a, b, _ in sampled for i in (a, b)})
-    position = {index: row for row, index in enumerate(used)}
-    embeddings = predictor.embed([paths[i] for i in used], progress=progress)
-    first = embeddings[[position[a] for a, _, _ in sampled]]
-    second = embeddings[[position[b] for _, b, _ in sampled]]
-    scores = torch.cat([predictor.score_pairs(x, y) for x, y in zip(first.split(1024), second.split(1024))])
-    return verification_metrics(scores.numpy(), [label for _, _, label in sampled])
+    embeddings, row = embed_used(lambda images: predictor.embed(images, progress=progress), paths,
+                                 [i for a, b, _ in sampled for i in (a, b)])
+    first, second = (torch.tensor([row[pair[k]] for pair in sampled]) for k in (0, 1))
+    scores = predictor.score_pairs(embeddings[first], embeddings[second]).numpy()
+    truth = [label for _, _, label in sampled]
+    return {**verification_metrics(scores, truth, threshold), "scores": scores, "labels": np.asarray(truth)}

@@ -9,9 +9,6 @@ from utils.errors import DataError
 from utils.gallery import embed_files
 from utils.images import is_image_file
 
-SCORE_CHUNK = 1024  # pairs scored per head call: bounds the memory of the gathered embeddings
-
-
 def is_header(fields, folder):
     """True when a first CSV row names columns, not images: neither of its first two fields is a file (relative
     to `folder`) or has an image extension, and its third field, if any, is not a 0/1 label."""
@@ -86,26 +83,26 @@ def score_path_pairs(model, pairs, progress=True):
     distinct = list(dict.fromkeys(path for pair in pairs for path in pair))
     rows, errors = embed_files(model, distinct, progress, desc="embedding pair images")
     position = {distinct[i]: n for n, i in enumerate(rows)}
-    embeddings = list(rows.values())
+    embeddings = torch.stack(list(rows.values())) if rows else torch.empty(0, 0)
     unreadable = {distinct[i]: message for i, message in errors.items()}
     scorable = [n for n, (a, b) in enumerate(pairs) if a in position and b in position]
+    similarities = model.score_indexed(embeddings, [position[pairs[n][0]] for n in scorable],
+                                       [position[pairs[n][1]] for n in scorable]).tolist()
     scores = [None] * len(pairs)
-    for start in range(0, len(scorable), SCORE_CHUNK):
-        chunk = scorable[start:start + SCORE_CHUNK]
-        first = torch.stack([embeddings[position[pairs[n][0]]] for n in chunk])
-        second = torch.stack([embeddings[position[pairs[n][1]]] for n in chunk])
-        for n, score in zip(chunk, model.score_pairs(first, second).tolist()):
-            scores[n] = score
+    for n, score in zip(scorable, similarities):
+        scores[n] = score
     return scores, unreadable, len(position)
 
 
-def scores_csv(header, rows, scores, pairs, unreadable):
-    """The output CSV as text: each input row (and the header, or default names) plus similarity and error."""
+def scores_csv(header, rows, scores, pairs, unreadable, threshold=0.5):
+    """The output CSV as text: each input row (and the header, or default names) plus similarity, same (1 when the
+    similarity reaches `threshold`, else 0; named predicted_same when the header has a column "same") and error."""
     names = header or ["image_1", "image_2", "label"][:len(rows[0][1])]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(names + ["similarity", "error"])
+    writer.writerow(names + ["similarity", "predicted_same" if "same" in names else "same", "error"])
     for (_, fields), pair, score in zip(rows, pairs, scores):
         error = "; ".join(unreadable[path] for path in dict.fromkeys(pair) if path in unreadable)
-        writer.writerow(fields + ["" if score is None else f"{score:.6f}", error])
+        same = "" if score is None else int(score >= threshold)
+        writer.writerow(fields + ["" if score is None else f"{score:.6f}", same, error])
     return out.getvalue()

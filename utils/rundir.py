@@ -1,8 +1,10 @@
-"""The folder a run writes into: created, locked while the run writes, never silently taken over."""
+"""The folder a run writes into: created, locked while the run writes, never silently taken over; and the weight
+files written into it, each with the settings file that says how to use it."""
 import os
 
-from utils.checkpoint import process_alive, remove_stale_temporaries
 from utils.errors import ConfigError
+from utils.files import atomic_save, process_alive, remove_stale_temporaries
+from utils.weights import fold_calibration, write_settings
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("last.ckpt", "best_epoch_weights.pth", "last_epoch_weights.pth")
@@ -69,3 +71,30 @@ def release(lock):
     """Remove a lock taken by `claim_save_dir`, if it is still ours."""
     if lock and read_pid(lock) == os.getpid():
         os.remove(lock)
+
+
+def save_epoch_weights(c, model, epoch, train, val, history, figures, trained_on, say, calibration=None):
+    """Write the epoch's weight files as the original names them, each with its settings file (.json): every
+    `save_period` epochs and the last `ep###-loss...-val_loss....pth`, `best_epoch_weights.pth` when this epoch is
+    the best by `c.best_by` so far (`history` holds it), and `last_epoch_weights.pth`.
+
+    The settings record the backbone, input size, preprocessing, the validation pairs' best threshold and the
+    epoch's figures (`figures`), and what the weights were trained on (`trained_on`). `calibration` (scale, shift),
+    when given, is folded into the saved head (`fold_calibration`).
+    """
+    weights = model.state_dict()
+    if calibration is not None:
+        weights = fold_calibration(weights, *calibration)
+    settings = {"backbone": c.backbone, "input_shape": list(c.input_shape), "letterbox_image": False,
+                **figures, "trained_on": trained_on}
+    names = []
+    if (epoch + 1) % c.save_period == 0 or epoch + 1 == c.Epoch:
+        names.append(f"ep{epoch + 1:03d}-loss{train['loss']:.3f}-val_loss{val['loss']:.3f}.pth")
+    if history.is_best(c.best_by):
+        what = "validation loss" if c.best_by == "val_loss" else "validation one-shot accuracy"
+        say(f"Best {what} so far: saving {os.path.join(c.save_dir, 'best_epoch_weights.pth')}")
+        names.append("best_epoch_weights.pth")
+    for name in names + ["last_epoch_weights.pth"]:
+        path = os.path.join(c.save_dir, name)
+        atomic_save(weights, path)
+        write_settings(path, settings)

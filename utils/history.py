@@ -1,12 +1,7 @@
-"""What training leaves on disk besides weights: the loss history files, the loss plot, TensorBoard events."""
+"""The history of a run: per-epoch losses and one-shot accuracy as text files and a plot, and TensorBoard events."""
 import os
 
-
-def smooth(values, window=5):
-    """Centred moving average (shorter window at the ends)."""
-    half = window // 2
-    return [sum(values[max(0, i - half): i + half + 1]) / len(values[max(0, i - half): i + half + 1])
-            for i in range(len(values))]
+from utils.figures import plot_losses
 
 
 class LossHistory:
@@ -40,31 +35,11 @@ class LossHistory:
 
     def plot(self):
         """Write epoch_loss.png: train and validation curves, smoothed once there are 3 epochs."""
-        from matplotlib.figure import Figure  # a bare Figure renders to a file without pyplot or a GUI backend
+        plot_losses(self.losses, self.val_losses, self.oneshots, os.path.join(self.log_dir, "epoch_loss.png"))
 
-        epochs = range(1, len(self.losses) + 1)
-        fig = Figure(figsize=(7, 4.5))
-        ax = fig.add_subplot()
-        ax.plot(epochs, self.losses, "red", linewidth=2, label="train loss")
-        ax.plot(epochs, self.val_losses, "coral", linewidth=2, label="val loss")
-        if len(self.losses) >= 3:
-            window = 5 if len(self.losses) < 25 else 15
-            ax.plot(epochs, smooth(self.losses, window), "green", linestyle="--", linewidth=2,
-                    label="smooth train loss")
-            ax.plot(epochs, smooth(self.val_losses, window), "#8B4513", linestyle="--", linewidth=2,
-                    label="smooth val loss")
-        ax.grid(True)
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel("Loss")
-        ax.legend(loc="upper left")
-        measured = [(epoch, v) for epoch, v in zip(epochs, self.oneshots) if v is not None]
-        if measured:
-            right = ax.twinx()
-            right.plot(*zip(*measured), "navy", marker="o", linewidth=2, label="val one-shot accuracy")
-            right.set_ylabel("One-shot accuracy")
-            right.set_ylim(0, 1)
-            right.legend(loc="upper right")
-        fig.savefig(os.path.join(self.log_dir, "epoch_loss.png"))
+    def state(self):
+        """The history as plain lists, for a checkpoint."""
+        return {"losses": list(self.losses), "val_losses": list(self.val_losses), "oneshots": list(self.oneshots)}
 
 
 class TensorBoardLog:

@@ -1,0 +1,26 @@
+"""The demo (python train.py --demo): the embedded glyph set, from scratch, in minutes on a CPU.
+
+Every pair of a batch of 16 characters of one script is scored, each character also turned by quarter turns as
+3 more characters, with small stroke distortions and the one-shot ranking term; ResNet18 at 32x32.
+"""
+dataset_path = "dataset/glyphs"
+save_dir = "logs/demo"
+overwrite = True  # a new demo replaces the last one
+input_shape = [32, 32]
+pretrained = False
+backbone = "resnet18"
+optimizer_type = "adam"
+Init_lr = 1e-3
+weight_decay = 0.0
+pairing = "batch"
+batch_size = 64
+images_per_class = 4
+class_rotations = True
+negatives = "same_group"
+augmentation = "affine"
+loss = "bce_ranking"
+Epoch = 12
+split_by = "class"
+best_by = "oneshot"
+num_workers = 0
+save_period = 100

@@ -1,0 +1,182 @@
+"""The training epoch and the validation pass (with tqdm bars), and stopping a run cleanly at a step boundary."""
+import signal
+
+import torch
+from tqdm import tqdm
+
+from utils.dataloader import ClassBatch
+from utils.distributed import all_ranks_finite, all_reduce_sum, any_rank
+from utils.errors import NonFiniteLoss
+from utils.images import to_float
+from utils.losses import not_learning, pair_bce, ranking_loss
+from utils.precision import autocast, memory_format
+from utils.weights import unwrap
+
+NOT_LEARNING_HINT = ("from scratch, try python train.py config/omniglot_scratch.py (ResNet18, class batches, the "
+                     "ranking term, stroke augmentation, Adam; the README's Training section)")
+
+
+def score_batch(model, batch, device, channels_last=False):
+    """A `PairBatch` or `ClassBatch` from the loader -> (logits, targets, pairs) on `device`.
+
+    Pair items give their 2B pairs (pairs None); a class batch gives all B(B-1)/2 pairs of its B images, each
+    image through the backbone once, with `pairs` (2, P) the images of each pair.
+    """
+    if isinstance(batch, ClassBatch):
+        images = to_float(batch.images.to(device, non_blocking=True))  # converted after the copy: 4x fewer bytes
+        labels = batch.labels.to(device, non_blocking=True)
+        pairs = torch.triu_indices(len(labels), len(labels), 1, device=device)
+        logits = model(images.contiguous(memory_format=memory_format(channels_last)), pairs=pairs).squeeze(1)
+        return logits, (labels[pairs[0]] == labels[pairs[1]]).float(), pairs
+    first, second, targets = pair_sides(batch, device, channels_last)
+    return model(first, second).squeeze(1), targets, None
+
+
+def pair_sides(batch, device, channels_last=False):
+    """A `PairBatch` (B items of 2 pairs, uint8) -> the pairs' first and second images as float (2B, 3, H, W) in
+    [0, 1] on `device`, and their labels (2B,)."""
+    images = to_float(batch.images.to(device, non_blocking=True)).flatten(0, 1)  # (2B pairs, 2 sides, 3, H, W)
+    layout = memory_format(channels_last)
+    first, second = (images[:, side].contiguous(memory_format=layout) for side in (0, 1))
+    return first, second, batch.labels.to(device, non_blocking=True).flatten()
+
+
+class Meter:
+    """One epoch's running sums of the balanced pair loss and accuracy, kept on the device; `state` (plain floats,
+    for a checkpoint taken inside the epoch) starts it where an interrupted epoch stood."""
+
+    def __init__(self, device, state=None):
+        state = state or {"loss_sum": 0.0, "correct": 0.0, "steps": 0}
+        self.loss_sum = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
+        self.correct = torch.tensor(state["correct"], dtype=torch.float64, device=device)
+        self.steps, self.device = state["steps"], device
+
+    def add(self, loss, correct):
+        self.loss_sum += loss.detach()
+        self.correct += correct.detach()
+        self.steps += 1
+
+    def state(self):
+        """The sums as plain floats (reading them waits for the device)."""
+        return {"loss_sum": self.loss_sum.item(), "correct": self.correct.item(), "steps": self.steps}
+
+    def check_finite(self, what):
+        """Raise NonFiniteLoss naming `what` unless the loss sum is finite on every rank."""
+        if not all_ranks_finite(self.loss_sum):
+            raise NonFiniteLoss(f"{what}: the loss became {self.loss_sum.item()}; lower Init_lr or check the data")
+
+    def means(self):
+        """{"loss": mean BCE per step, "acc": mean balanced pair accuracy}, over the steps of every rank."""
+        loss, correct, steps = all_reduce_sum(list(self.state().values()), self.device)
+        return {"loss": loss / max(steps, 1), "acc": correct / max(steps, 1)}
+
+
+def step_loss(logits, targets, pairs, labels, ranking):
+    """(loss to minimise, the BCE, weighted correct pairs) of one step's scored pairs; `ranking` adds
+    `ranking_loss` for class batches. The BCE alone is what the epoch reports, comparable across runs."""
+    bce, weights = pair_bce(logits, targets)
+    correct = (weights * ((logits.detach() > 0) == (targets > 0.5))).sum()
+    total = bce + ranking_loss(logits, labels, pairs) if ranking and pairs is not None else bce
+    return total, bce, correct
+
+
+def train_one_epoch(model, loader, optimizer, scaler, device, meter, *, amp_dtype=None, channels_last=False,
+                    ranking=False, desc="", lr=None, show=True, log_interval=10, check_learning_at=None,
+                    after_step=None, average=None):
+    """Train over `loader` (its sampler set to the epoch and first step), adding each step to `meter`.
+
+    The host reads the sums, and every rank checks they are finite, only every `log_interval` steps and at the
+    end. At the first reading from step `check_learning_at` on, a warning says when the last steps look like no
+    learning. `after_step(step, meter)`, called after each step with the steps done in the epoch, returns True
+    to stop the epoch there. `average` (a torch.optim.swa_utils.AveragedModel) is updated after every step.
+    Returns True when the epoch ran to its end, False when `after_step` stopped it.
+    Raises NonFiniteLoss when the loss became NaN or inf.
+    """
+    model.train()
+    first = meter.steps
+    window = (meter.loss_sum.item(), meter.correct.item(), first)  # sums at the previous reading
+    bar = tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True, initial=first,
+               total=first + len(loader))
+    for step, batch in enumerate(bar, first + 1):
+        with autocast(device, amp_dtype):
+            logits, targets, pairs = score_batch(model, batch, device, channels_last)
+        labels = batch.labels.to(device) if pairs is not None else None
+        total, bce, correct = step_loss(logits, targets, pairs, labels, ranking)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if average is not None:
+            average.update_parameters(unwrap(model))
+        meter.add(bce, correct)
+        if step % log_interval == 0 or step == first + len(loader):
+            meter.check_finite(f"{desc}, step {step}")
+            now = (meter.loss_sum.item(), meter.correct.item(), meter.steps)
+            bar.set_postfix(loss=f"{now[0] / now[2]:.4f}", acc=f"{now[1] / now[2]:.3f}",
+                            **({"lr": f"{lr:.2e}"} if lr else {}))
+            if check_learning_at is not None and step >= check_learning_at:
+                check_learning_at = None
+                warn_if_not_learning(window, now, desc, step, show)
+            window = now
+        if after_step is not None and after_step(step, meter):
+            bar.close()
+            return False
+    bar.close()
+    return True
+
+
+def warn_if_not_learning(before, now, desc, step, show):
+    """Print a warning when the steps between two readings of the sums (loss, correct, steps) look like no learning."""
+    steps = now[2] - before[2]
+    loss, acc = ((a - b) / max(steps, 1) for a, b in zip(now[:2], before[:2]))
+    if show and not_learning(loss, acc):
+        tqdm.write(f"Warning: {desc}, step {step}: loss {loss:.3f} (ln 2 = 0.693) and accuracy {acc:.2f}, the "
+                   f"network is not learning yet; {NOT_LEARNING_HINT}")
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, desc="", show=True):
+    """The validation pass over `loader`: {"loss", "acc"} as the training epoch reports them, plus "logits" and
+    "targets", every scored pair's (on the CPU), from which a threshold or a calibration can be chosen."""
+    model.eval()
+    meter, logits_seen, targets_seen = Meter(device), [], []
+    for batch in tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True):
+        with autocast(device, amp_dtype):
+            logits, targets, _ = score_batch(model, batch, device, channels_last)
+        _, bce, correct = step_loss(logits, targets, None, None, False)
+        meter.add(bce, correct)
+        logits_seen.append(logits.float().cpu())
+        targets_seen.append(targets.cpu())
+    meter.check_finite(desc)
+    return {**meter.means(), "logits": torch.cat(logits_seen), "targets": torch.cat(targets_seen)}
+
+
+class StopSignals:
+    """While the block runs, Ctrl-C (SIGINT) and SIGTERM (timeout, SLURM, Kubernetes, torchrun) ask the run to stop
+    at the next step boundary instead of breaking a step wherever they land; more of them while it stops change
+    nothing, so an impatient second Ctrl-C cannot break the checkpoint being written.
+
+    `requested()` gives the signal number asked for on any rank (0: none), the same on every rank.
+    """
+
+    def __init__(self, show=True):
+        self.signal, self.show, self.previous = 0, show, {}
+
+    def __enter__(self):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def handle(self, number, frame):
+        if self.signal:
+            return
+        self.signal = number
+        if self.show:
+            tqdm.write(f"\n{signal.Signals(number).name}: stopping after this step and saving a checkpoint")
+
+    def requested(self):
+        return any_rank(self.signal)

@@ -1,0 +1,42 @@
+"""The training losses: the head's binary cross-entropy on every pair, and the ranking term of class batches."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("bce", "bce_ranking")
+FAR_BELOW = -1e4  # a logit no pair reaches; finite, where -inf would give inf - inf on the diagonal
+
+
+def balanced_weights(targets):
+    """(P,) weights summing to 1 with which positives and negatives count half each; a plain mean for
+    balanced pair items."""
+    positives = targets.sum()
+    negatives = len(targets) - positives
+    return torch.where(targets > 0.5, 0.5 / positives.clamp(min=1), 0.5 / negatives.clamp(min=1))
+
+
+def pair_bce(logits, targets):
+    """(BCE with positives and negatives weighted half each, the weights): the head's loss and what its accuracy
+    is weighted by."""
+    weights = balanced_weights(targets)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets, weights, reduction="sum"), weights
+
+
+def ranking_loss(logits, labels, pairs):
+    """Logits (P,) of a class batch's pairs `pairs` (2, P), each pair once, and the batch's labels (B,) -> the
+    mean, over every (image, same-class image), of the cross-entropy of picking that image among it and all the
+    first image's other-class images: the one-shot task itself, as a softmax over the head's logits."""
+    count = len(labels)
+    logits = logits.float()
+    scores = logits.new_full((count, count), FAR_BELOW)
+    scores = scores.index_put((pairs[0], pairs[1]), logits).index_put((pairs[1], pairs[0]), logits)
+    same = labels[:, None] == labels[None, :]
+    negatives = torch.logsumexp(scores.masked_fill(same, FAR_BELOW), dim=1, keepdim=True)
+    positives = same & ~torch.eye(count, dtype=torch.bool, device=logits.device)
+    return (torch.logaddexp(scores, negatives) - scores)[positives].mean()
+
+
+def not_learning(loss, acc):
+    """True when a mean pair loss and accuracy are what a network that ignores its input gets (ln 2, 0.5)."""
+    return abs(loss - math.log(2)) < 0.01 and abs(acc - 0.5) < 0.05
