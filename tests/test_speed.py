@@ -1,8 +1,10 @@
 """Speed and scale: fast image decoding, batched augmentation, worker seeding, mixed precision, torchrun DDP, bench."""
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -90,26 +92,37 @@ def test_bf16_and_fp32_losses_close(omniglot_subset):
     assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * max(1.0, losses["fp32"]), losses
 
 
-def test_torchrun_two_processes(small1, tmp_path):
+def test_torchrun_two_processes_stop_together_on_sigterm_and_resume(small1, tmp_path):
     dataset = make_subset(small1, tmp_path / "dataset", alphabets=2, characters=6, drawers=10)
     save_dir = tmp_path / "logs"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-        "--dataset_path", str(dataset), "--input_shape", "32", "32", "--pretrained", "False", "--Cuda", "False",
-        "--Epoch", "1", "--batch_size", "4", "--train_ratio", "0.6", "--num_workers", "0", "--save_dir", str(save_dir),
-    ]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    command = launch + ["--dataset_path", str(dataset), "--input_shape", "32", "32", "--pretrained", "False",
+                        "--Cuda", "False", "--Epoch", "40", "--batch_size", "4", "--train_ratio", "0.6",
+                        "--num_workers", "0", "--save_dir", str(save_dir)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err)
+        deadline = time.time() + 240
+        while not (save_dir / "last_epoch_weights.json").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)  # torchrun passes it to every rank, as SLURM and Kubernetes stop jobs
+        process.wait(timeout=120)
+    stdout = (tmp_path / "out").read_text()
+    assert "x 2" in stdout  # the config table shows 2 processes
+    assert stdout.count("Stopped ") == 1 and "continue with: python train.py --resume" in stdout  # only rank 0
+    stopped_at = torch.load(save_dir / "last.ckpt", weights_only=True)["epoch"]
+    assert 1 <= stopped_at < 40
+    result = subprocess.run(launch + ["--resume", str(save_dir / "last.ckpt"), "--Epoch", str(stopped_at + 1)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "x 2" in result.stdout  # the config table shows 2 processes
     names = sorted(p.name for p in save_dir.iterdir())
     weights = [n for n in names if n.endswith(".pth")]
     assert len(weights) == 3 and "best_epoch_weights.pth" in weights and "last_epoch_weights.pth" in weights, names
     assert names.count("last.ckpt") == 1 and len([n for n in names if n.startswith("loss_")]) == 1, names
-    epoch_file = next(n for n in weights if n.startswith("ep001-"))
+    epoch_file = next(n for n in weights if n.startswith(f"ep{stopped_at + 1:03d}-"))
     loss = float(re.search(r"loss(\d+\.\d+)-val_loss", epoch_file).group(1))
     assert np.isfinite(loss) and loss > 0
-    assert result.stdout.count("Epoch 1/1: loss") == 1  # only rank 0 talks
+    assert result.stdout.count(f"Epoch {stopped_at + 1}/{stopped_at + 1}: loss") == 1  # only rank 0 talks
 
 
 def run_bench(*args):

@@ -123,7 +123,8 @@ def draw_verification(scores, labels, threshold, path):
 
 def draw_matches(query, query_name, matches, threshold, save_path=None, show=False):
     """The query image and its best gallery matches side by side, each titled with its similarity (green when it
-    reaches `threshold`, the weights' "same"); `matches` are (similarity, PIL image, name). Saved and/or shown."""
+    reaches `threshold`, the weights' "same"); `matches` are (similarity, PIL image, name). Saved and/or shown;
+    returns the titles of the panels drawn, query first."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(matches) + 1, figsize=(2.2 * (len(matches) + 1), 2.8), squeeze=False)
@@ -136,4 +137,6 @@ def draw_matches(query, query_name, matches, threshold, save_path=None, show=Fal
     for ax in axes[0]:
         ax.axis("off")
     fig.suptitle(f"best matches (green: at least the threshold {threshold:.3f})", fontsize=10)
+    titles = [ax.get_title() for ax in axes[0]]
     finish(fig, save_path, show)
+    return titles
