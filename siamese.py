@@ -27,6 +27,7 @@ class Siamese:
         "letterbox_image": False,  # False: resize + centre crop (as validation); True: keep aspect, grey padding
         "cuda": None,  # None: a GPU when there is one
         "threshold": 0.5,  # similarity from which a pair is called the same
+        "tta": 0,  # embed each image also shifted this many ways (up to 8) and average: steadier, slower
     }
 
     def __init__(self, verbose=True, **given):
@@ -38,7 +39,7 @@ class Siamese:
         self.settings = choose_settings(given, recorded, source, self.model_path)
         self.input_shape = list(self.settings["input_shape"][0])
         self.letterbox_image = self.settings["letterbox_image"][0]
-        self.threshold = self.settings["threshold"][0]
+        self.threshold, self.tta = self.settings["threshold"][0], int(self.settings["tta"][0])
         cuda = self.settings["cuda"][0]
         self.device = torch.device("cuda" if (torch.cuda.is_available() if cuda is None else cuda) else "cpu")
         backbone = recorded.get("backbone") or backbone_of(state)
@@ -56,6 +57,7 @@ class Siamese:
         predictor = cls.__new__(cls)
         predictor.model_path, predictor.net, predictor.device = None, net.eval(), device
         predictor.input_shape, predictor.letterbox_image, predictor.threshold = list(input_shape), letterbox_image, 0.5
+        predictor.tta = 0
         predictor.settings = {}
         return predictor
 
@@ -75,7 +77,8 @@ class Siamese:
         with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
             for start in range(0, len(images), batch_size):
                 batch = torch.stack([self.preprocess(image) for image in images[start:start + batch_size]])
-                chunks.append(self.net.embed(batch.to(self.device)).float().cpu())
+                views = shifted_views(batch.to(self.device), self.tta)
+                chunks.append(torch.stack([self.net.embed(view).float() for view in views]).mean(0).cpu())
                 bar.update(len(batch))
         return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
@@ -128,6 +131,24 @@ class Siamese:
 
             draw_pair(image_1, image_2, f"Similarity: {probability:.3f}", save_path, show)
         return probability
+
+
+SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+def shifted_views(batch, count):
+    """A (B, 3, H, W) batch and `count` copies of it moved by a few pixels (a 32nd of the side; the border
+    repeated where the picture moves in): the views whose embeddings test-time augmentation averages."""
+    if not count:
+        return [batch]
+    step = max(1, min(batch.shape[-2:]) // 32)
+    padded = torch.nn.functional.pad(batch, (step, step, step, step), mode="replicate")
+    height, width = batch.shape[-2:]
+    views = [batch]
+    for dy, dx in SHIFTS[:count]:
+        top, left = step + dy * step, step + dx * step
+        views.append(padded[..., top:top + height, left:left + width])
+    return views
 
 
 def choose_settings(given, recorded, source, model_path):
@@ -185,6 +206,8 @@ def add_predictor_args(parser):
                              "the settings file, else False)")
     parser.add_argument("--cuda", type=parse_bool, default=None, metavar="True|False",
                         help="use the GPU (default: when there is one)")
+    parser.add_argument("--tta", type=int, default=None, choices=range(9), metavar="0-8",
+                        help="also embed each image shifted this many ways and average the embeddings (default 0)")
 
 
 def check_predictor_args(parser, args):
@@ -200,7 +223,7 @@ def check_predictor_args(parser, args):
 def predictor_from_args(args, verbose=True, **extra):
     """A Siamese predictor from parsed `add_predictor_args` settings (and `extra` ones such as threshold)."""
     return Siamese(model_path=args.model_path, input_shape=args.input_shape, letterbox_image=args.letterbox_image,
-                   cuda=args.cuda, verbose=verbose, **extra)
+                   cuda=args.cuda, tta=args.tta, verbose=verbose, **extra)
 
 
 def assumed_size_note(predictor):

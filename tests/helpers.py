@@ -1,8 +1,14 @@
 """Code the tests share: real Omniglot data, weights in the original format and a functional forward pass."""
+import contextlib
+import io
 import os
+import random
+import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import traceback
 import zipfile
 from pathlib import Path
 
@@ -109,10 +115,52 @@ def direct_probability(state, image_1, image_2):
     return torch.sigmoid(x)
 
 
-def run(script, *args, stdin=None, timeout=120):
-    """Run a top-level script of the repository; returns the CompletedProcess (text)."""
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=ENV, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+def run(script, *args, stdin=None, timeout=120, cwd=ROOT):
+    """Run a top-level script of the repository as `python script args` would, but inside this process (a new
+    Python with torch costs seconds of start-up a call); returns a CompletedProcess (text) with the exit code, the
+    output and a traceback as the interpreter prints them. Use `run_subprocess` where the process itself matters
+    (signals, resource limits, environment)."""
+    argv = [str(ROOT / script), *map(str, args)]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with isolated_state(argv, stdin, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if stop.code is not None and not isinstance(stop.code, int):
+                print(stop.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            code = 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def isolated_state(argv, stdin, cwd=ROOT):
+    """argv, the working folder, stdin, torch's threads, random states and deterministic mode, and the signal
+    handlers as a fresh process would have them; all restored afterwards."""
+    saved = (sys.argv, sys.stdin, os.getcwd(), torch.get_num_threads(), torch.get_rng_state(), random.getstate(),
+             torch.are_deterministic_algorithms_enabled(), signal.getsignal(signal.SIGINT),
+             signal.getsignal(signal.SIGTERM))
+    sys.argv, sys.stdin = argv, io.StringIO(stdin or "")
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        sys.argv, sys.stdin = saved[0], saved[1]
+        os.chdir(saved[2])
+        torch.set_num_threads(saved[3])
+        torch.set_rng_state(saved[4])
+        random.setstate(saved[5])
+        torch.use_deterministic_algorithms(saved[6])
+        signal.signal(signal.SIGINT, saved[7])
+        signal.signal(signal.SIGTERM, saved[8])
+
+
+def run_subprocess(script, *args, stdin=None, timeout=120, env=None):
+    """Run a top-level script of the repository in a new Python process; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env or ENV,
+                          input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_line_error(result, *fragments, rc=1):

@@ -191,3 +191,24 @@ def test_batch_autoaugment_output(glyphs):
     assert out.shape == (41, 3, 48, 40) and out.dtype == torch.uint8
     assert len({tuple(x.flatten().tolist()) for x in out}) > 35  # every image augmented on its own
     assert not torch.equal(out, BatchAutoAugment([48, 40])(images))  # random, not fixed
+
+
+def test_stroke_augmentation_changes_stroke_width_and_warps_but_keeps_white_paper():
+    from utils.augment import Elastic, StrokeWidth
+
+    white = torch.full((1, 105, 105), 255, dtype=torch.uint8)
+    transform = augment.train_transform([48, 48], "strokes")
+    torch.manual_seed(0)
+    assert all(torch.equal(transform(white), torch.full((1, 48, 48), 255, dtype=torch.uint8)) for _ in range(5))
+    drawing = white.clone()
+    drawing[:, 30:75, 50:54] = 0  # a vertical stroke 4 pixels wide
+    widths = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        widths.add(int((StrokeWidth(p=0.4)(drawing)[0, 50] < 128).sum()))
+    assert widths == {2, 4, 6}  # thinner, unchanged, thicker by a pixel each side
+    torch.manual_seed(0)
+    warped = Elastic()(drawing)
+    assert warped.shape == drawing.shape and not torch.equal(warped, drawing)
+    ink = (warped < 128).float().sum() / (drawing < 128).float().sum()
+    assert 0.7 < ink < 1.3  # moved, not erased or smeared

@@ -1,12 +1,10 @@
 """Class batches scored on every pair, balanced pair weights, and the per-epoch one-shot check."""
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ENV, ROOT, TRAIN, make_subset
+from helpers import TRAIN, make_subset, run
 
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
@@ -183,11 +181,9 @@ def test_tensorboard_events_hold_each_epochs_figures(small1, tmp_path):
 
     data = make_subset(small1, tmp_path / "data", alphabets=2, characters=5, drawers=8)
     save_dir = tmp_path / "logs"
-    result = subprocess.run([sys.executable, "train.py", "--dataset_path", data, "--save_dir", save_dir, *TRAIN,
-                             "--Epoch", "2", "--batch_size", "8", "--pairing", "batch", "--images_per_class", "2",
-                             "--split_by", "class", "--train_ratio", "0.6", "--oneshot_way", "4",
-                             "--best_by", "oneshot", "--tensorboard", "True"],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    result = run("train.py", "--dataset_path", data, "--save_dir", save_dir, *TRAIN, "--Epoch", "2", "--batch_size",
+                 "8", "--pairing", "batch", "--images_per_class", "2", "--split_by", "class", "--train_ratio", "0.6",
+                 "--oneshot_way", "4", "--best_by", "oneshot", "--tensorboard", "True")
     assert result.returncode == 0, result.stderr[-2000:]
     (log_dir,) = save_dir.glob("loss_*")
     events = EventAccumulator(str(log_dir)).Reload()
@@ -215,3 +211,25 @@ def test_class_batches_fall_back_to_all_classes_when_no_alphabet_has_two():
                                negatives="same_group", class_rotations=rotations)
         drawn_labels = batches.sample_batch(random.Random(0))[2]
         assert len(set(drawn_labels)) == 2  # two classes still make a batch with negatives
+
+
+def test_class_mirrors_make_each_class_and_each_turn_mirrored_a_class_of_its_own(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
+                           groups=groups, negatives="same_group", class_rotations=True, class_mirrors=True)
+    stride = max(labels) + 1
+    label_of = dict(zip(paths, labels))
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(80):
+        drawn, transforms, drawn_labels = batches.sample_batch(rng)
+        assert [label_of[p] + t * stride for p, t in zip(drawn, transforms)] == drawn_labels
+        assert len(set(transforms)) == 1
+        seen |= set(transforms)
+    assert seen == set(range(8))  # 4 turns, each also mirrored
+    step = next(s for s in range(50) if batches.sample_batch(batches.generators(s)[0])[1][0] == 5)
+    drawn, transforms, _ = batches.sample_batch(batches.generators(step)[0])
+    upright = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none")
+    plain = upright.transform([load_image(p, keep_grey=True) for p in drawn])
+    for image, original in zip(batches[step].images, plain):  # mirrored, then turned once
+        torch.testing.assert_close(image, torch.rot90(original.flip(-1), 1, dims=(1, 2)), atol=1, rtol=0)

@@ -1,11 +1,9 @@
 """The predictor class and predict.py, with weights in the original's format."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import direct_probability, original_format_state_dict
+from helpers import direct_probability, original_format_state_dict, run
 from PIL import Image
 
 from siamese import Siamese
@@ -31,8 +29,7 @@ def two_glyphs(small1):
 
 
 def run_predict(*args, stdin=None):
-    return subprocess.run([sys.executable, "predict.py", *map(str, args)], cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, timeout=300)
+    return run("predict.py", *args, stdin=stdin)
 
 
 def test_original_weights_give_the_direct_probability(original_weights, two_glyphs):

@@ -23,7 +23,7 @@ from utils.checkpoint import load_checkpoint
 from utils.files import atomic_save
 from utils.weights import safe_load
 from utils.dataloader import PairItems, list_images
-from utils.errors import DataError, ImageError, WeightsError
+from utils.errors import ImageError, WeightsError
 from utils.images import open_image, verify_image
 
 def own_data(root, counts):

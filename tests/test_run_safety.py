@@ -164,9 +164,8 @@ def test_wrong_file_at_the_imagenet_weights_path_is_named(finished_run, tmp_path
     data, _ = finished_run
     (tmp_path / "model_data").mkdir()
     torch.save({"features.0.weight": torch.zeros(3, 3)}, tmp_path / "model_data" / "vgg16-397923af.pth")
-    command = [sys.executable, str(ROOT / "train.py"), "--dataset_path", str(data), "--train_ratio", "0.5",
-               "--save_dir", str(tmp_path / "logs"), *TRAIN, "--pretrained", "True"]
-    result = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    result = run("train.py", "--dataset_path", data, "--train_ratio", "0.5", "--save_dir", tmp_path / "logs", *TRAIN,
+                 "--pretrained", "True", cwd=tmp_path)
     assert_one_line_error(result, "model_data/vgg16-397923af.pth: not torchvision's ImageNet vgg16 weights")
 
 

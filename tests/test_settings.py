@@ -162,3 +162,19 @@ def test_platt_scaling_recovers_a_known_calibration_and_folds_into_the_head():
 def test_figures_come_out_for_a_single_score_class(tmp_path):
     draw_verification(np.array([0.2, 0.4, 0.9]), np.array([0, 1, 1]), 0.5, str(tmp_path / "v.png"))
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_test_time_augmentation_averages_the_embeddings_of_shifted_views(trained_run):
+    from siamese import shifted_views
+
+    _, logs = trained_run
+    plain = Siamese(model_path=str(logs / "best_epoch_weights.pth"), cuda=False, verbose=False)
+    averaged = Siamese(model_path=str(logs / "best_epoch_weights.pth"), cuda=False, verbose=False, tta=2)
+    batch = torch.stack([plain.preprocess(path) for path in IMAGES])
+    views = shifted_views(batch, 2)
+    assert len(views) == 3 and torch.equal(views[0], batch)
+    assert torch.equal(views[1][..., :-1, :], batch[..., 1:, :])  # moved one pixel (a 32nd of 32) up
+    with torch.no_grad():
+        expected = torch.stack([plain.net.embed(view) for view in views]).mean(0)
+    torch.testing.assert_close(averaged.embed(IMAGES), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(plain.embed(IMAGES), plain.net.embed(batch).detach())

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from helpers import ROOT, make_subset
+from helpers import ROOT, make_subset, run
 from nets.siamese import SiameseNetwork
 from utils.dataloader import PairItems, list_images
 from utils.engine import pair_sides
@@ -126,8 +126,7 @@ def test_torchrun_two_processes_stop_together_on_sigterm_and_resume(small1, tmp_
 
 
 def run_bench(*args):
-    result = subprocess.run([sys.executable, "bench.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = run("bench.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -1,20 +1,17 @@
 """A real training run from the command line, and starting a second run from its weights."""
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import ROOT, make_subset
+from helpers import ROOT, make_subset, run
 
 import train
 from nets.siamese import SiameseNetwork
 
 
 def run_train(*args, cwd=ROOT, timeout=600):
-    """Run train.py with `args`; returns the completed process (output captured)."""
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run train.py with `args` (in this process, as `helpers.run`); returns the completed process."""
+    return run("train.py", *args, cwd=cwd)
 
 
 SMALL_RUN = ["--Epoch", 2, "--batch_size", 8, "--input_shape", 32, 32, "--pretrained", "False",
@@ -63,8 +60,7 @@ def test_model_path_of_another_input_size_loads_the_matching_keys(omniglot_subse
 
 
 def test_help_lists_every_config_name():
-    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = run("train.py", "--help")
     assert result.returncode == 0
     for name in train.CONFIG:
         assert f"--{name}" in result.stdout
@@ -160,3 +156,16 @@ def test_auto_settings_parse_and_explicit_values_win():
     config.bf16, config.channels_last = True, "auto"
     resolve(config, given=set())
     assert (config.amp_dtype, config.channels_last) == (torch.bfloat16, True)
+
+
+def test_ema_decay_validates_and_saves_the_average_of_the_weights(omniglot_subset, tmp_path):
+    save_dir = tmp_path / "logs"
+    result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
+                       "--backbone", "resnet18", "--ema_decay", 0.5)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = torch.load(save_dir / "last.ckpt", weights_only=True)
+    saved = torch.load(save_dir / "last_epoch_weights.pth", weights_only=True)
+    average = {k[len("module."):]: v for k, v in checkpoint["average"].items() if k.startswith("module.")}
+    assert average.keys() == saved.keys() and all(torch.equal(average[k], saved[k]) for k in saved)
+    assert not torch.equal(saved["fully_connect1.weight"], checkpoint["model"]["fully_connect1.weight"])
+    assert int(checkpoint["average"]["n_averaged"]) == 24  # one update a step: 192 images / batch 8

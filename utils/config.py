@@ -120,7 +120,7 @@ def config_problem(c):
     if bad:
         return f"{', '.join(bad)}: settings must be finite numbers"
     return (count_problem(c) or rate_problem(c) or pairing_problem(c)
-            or (f"tensorboard = True needs the tensorboard package: pip install -r requirements-extras.txt"
+            or ("tensorboard = True needs the tensorboard package: pip install -r requirements-extras.txt"
                 if c.tensorboard and importlib.util.find_spec("tensorboard") is None else None)
             or ("distributed = True needs a launcher: torchrun --nproc_per_node=N train.py ..."
                 if c.distributed and not ddp.launched_by_torchrun() else None))
