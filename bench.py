@@ -204,6 +204,7 @@ def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16", r
         train_one_epoch(step_model, [batch], optimizer, scaler, device, Meter(device), amp_dtype=amp_dtype,
                         channels_last=channels_last, ranking=ranking, show=False)
 
+    compiling = timed(train_step) if compile_model else 0.0  # the first step compiles forward and backward
     step = best_seconds(train_step, steps, device)
     memory = peak_memory(device)
     step_model.eval()
@@ -213,7 +214,8 @@ def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16", r
         with torch.inference_mode(), autocast(device, amp_dtype):
             step_model(*images)
 
-    return {"step": step, "train": pairs / step, "infer": pairs / best_seconds(infer, steps, device), "memory": memory}
+    return {"step": step, "train": pairs / step, "infer": pairs / best_seconds(infer, steps, device), "memory": memory,
+            "compile": compiling}
 
 
 def pair_count(batch):
@@ -331,7 +333,8 @@ def report_settings(settings, batch, args, device, backbone="vgg16", ranking=Fal
     for setting in settings:
         results[setting] = r = time_setting(setting, batch, args.input_shape, args.steps, device, backbone, ranking)
         print(f"{setting:<28} training pairs/s {r['train']:8.2f}   inference pairs/s {r['infer']:8.2f}   "
-              f"peak memory (training) {r['memory']:.0f} MiB", flush=True)
+              f"peak memory (training) {r['memory']:.0f} MiB"
+              + (f"   compiling took {r['compile']:.0f} s" if r["compile"] else ""), flush=True)
     for setting in settings[1:]:
         r, fp32 = results[setting], results["fp32"]
         print(f"ratio {setting} / fp32: training {r['train'] / fp32['train']:.2f}x, "
@@ -411,12 +414,17 @@ def bench_gallery(args, device):
     query = torch.rand(1, features)
     reset_peak_memory(device)
     before = peak_memory(torch.device("cpu"))
-    seconds = best_seconds(lambda: predictor.score_pairs(query, embeddings), args.steps, device)
+    start = time.perf_counter()
+    index = predictor.index(embeddings)
+    built = time.perf_counter() - start
+    seconds = best_seconds(lambda: index.scores(query), args.steps, device)
     extra = peak_memory(torch.device("cpu")) - before
+    plain = best_seconds(lambda: predictor.score_pairs(query, embeddings), 1, device)
     print(f"gallery query: {args.gallery} cached embeddings of {features} features ({backbone} at "
           f"{args.input_shape[0]}x{args.input_shape[1]}, {embeddings.numel() * 4 / 2**20:.0f} MiB held): "
-          f"{seconds * 1000:.1f} ms a query, {args.gallery / seconds / 1e6:.1f} M pairs/s; "
-          f"memory beyond the embeddings while scoring: {max(extra, 0):.0f} MiB")
+          f"{seconds * 1000:.1f} ms a query, {args.gallery / seconds / 1e6:.1f} M pairs/s, after indexing them once "
+          f"in {built * 1000:.0f} ms (the pairs' head without an index: {plain * 1000:.0f} ms); memory beyond the "
+          f"embeddings: {max(extra, 0):.0f} MiB")
 
 
 def bench_items(args, paths, labels, class_names, device):

@@ -145,9 +145,9 @@ def run_epoch(run, epoch, stop):
     if not finished:
         return stopped(stop.requested(), run, f"in epoch {epoch + 1} at step {meter.steps}/{run.data.steps}")
     train_metrics = meter.means()
-    val = evaluate(run.average.module if run.average else run.step_model, run.data.val_loader, c.device,
-                   amp_dtype=c.amp_dtype,
-                   channels_last=c.channels_last, desc=f"{tag} val", show=run.is_main)
+    validated = run.average.module if run.average else run.step_model
+    val = evaluate(validated, run.data.val_loader, c.device, amp_dtype=c.amp_dtype, channels_last=c.channels_last,
+                   desc=f"{tag} val", show=run.is_main)
     if run.is_main:
         figures = end_epoch_report(run, epoch, lr, train_metrics, val)
         run.state.update(threshold=figures["threshold"], calibration=figures["calibration"])

@@ -3,6 +3,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import direct_probability
 from PIL import Image
@@ -29,6 +30,7 @@ def two_alphabet_glyphs(out, max_characters):
             shutil.rmtree(alphabet)
 
 
+@pytest.mark.slow
 def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["train.py"])
     monkeypatch.setattr(demo, "make_glyphs", two_alphabet_glyphs)

@@ -78,6 +78,7 @@ def exported(tmp_path_factory):
     return export_once
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_pair_scorer_gives_pytorchs_probabilities_at_two_batch_sizes(exported, backbone):
     weights, net, out, result = exported(backbone, "--check_images", *IMAGES)

@@ -266,3 +266,14 @@ def test_predict_gallery_cli(small2, tmp_path, model, capsys):
     with pytest.raises(SystemExit, match="no such file"):
         predict.main(["--gallery", str(folder), str(tmp_path / "missing.png"), "--model_path", model.model_path,
                       "--input_shape", "32", "32", "--cuda", "False"])
+
+
+def test_the_embedding_index_scores_as_the_head_does(model):
+    torch.manual_seed(0)
+    embeddings, query = torch.rand(300, 512), torch.rand(1, 512)  # backbone features are non-negative
+    index = model.index(embeddings)
+    direct = model.score_pairs(query, embeddings, logits=True)
+    fast = index.scores(query, logits=True)
+    assert len(index) == 300 and (fast - direct).abs().max() <= 1e-4 * direct.abs().max()
+    torch.testing.assert_close(index.scores(query), torch.sigmoid(fast))
+    assert torch.equal(fast.argsort(descending=True)[:10], direct.argsort(descending=True)[:10])

@@ -175,6 +175,7 @@ def test_best_epoch_follows_the_chosen_criterion(tmp_path):
     assert (tmp_path / "log" / "epoch_val_oneshot.txt").read_text().split() == ["0.3", "0.25", "0.4"]
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_each_epochs_figures(small1, tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is an extra: pip install -r requirements-extras.txt")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

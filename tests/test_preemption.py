@@ -59,6 +59,7 @@ def test_sigterm_stops_at_a_step_boundary_and_saves_a_resumable_checkpoint(eight
     assert not list(save_dir.glob(".tmp-*")) and not (save_dir / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_run_killed_inside_an_epoch_resumes_at_its_last_step_exactly(eight_drawers, tmp_path):
     common = ["--dataset_path", eight_drawers, *SMALL, "--Epoch", 3]
     whole, killed = tmp_path / "whole", tmp_path / "killed"

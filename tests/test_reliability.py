@@ -89,6 +89,7 @@ def test_safe_loading_refuses_code_in_predictor_and_training(tiny_omniglot, tmp_
     assert not (tmp_path / "logs" / "last.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_omniglot, tmp_path):
     data = ["--dataset_path", tiny_omniglot, "--train_ratio", "0.5", "--Epoch", 4, *TRAIN]
     whole, split = tmp_path / "whole", tmp_path / "split"

@@ -92,6 +92,7 @@ def test_bf16_and_fp32_losses_close(omniglot_subset):
     assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * max(1.0, losses["fp32"]), losses
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_stop_together_on_sigterm_and_resume(small1, tmp_path):
     dataset = make_subset(small1, tmp_path / "dataset", alphabets=2, characters=6, drawers=10)
     save_dir = tmp_path / "logs"

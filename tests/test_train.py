@@ -96,6 +96,7 @@ def test_config_reference_documents_every_config_name():
     assert [name for name in train.CONFIG if f"| `{name}` |" not in reference] == []
 
 
+@pytest.mark.slow
 def test_training_learns_on_real_omniglot(small1, tmp_path):
     """Class batches from scratch, 6 epochs (66 steps of 32 images) on 18 classes of 3 real alphabets: one-shot
     accuracy on the 6 unseen validation classes (400 tasks) beats chance, 1/6, by far.

@@ -152,7 +152,9 @@ def rank_gallery(predictor, folder, query, top=5, use_cache=True, progress=True)
     every image sits directly in `folder`.
     """
     names, embeddings, _ = gallery_embeddings(predictor, folder, use_cache, progress)
-    scores = predictor.score_pairs(predictor.embed([query]), embeddings).tolist()
+    index = predictor.index(embeddings)
+    del embeddings  # the index holds what scoring needs
+    scores = index.scores(predictor.embed([query])).tolist()
     ranked = sorted(zip(scores, names), key=lambda item: -item[0])
     best_by_class = {}
     for score, name in ranked:
