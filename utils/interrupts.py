@@ -1,4 +1,4 @@
-"""Ending a command on Ctrl-C or SIGTERM: one line, the shell's exit code, and the cleanups of every `with` block run."""
+"""Ending a command on Ctrl-C or SIGTERM: one line, the shell's exit code, the cleanups of every `with` block run."""
 import contextlib
 import signal
 import sys

@@ -1,7 +1,7 @@
 """Scoring the pairs a CSV lists: reading the file, embedding each distinct image once, scoring by the head.
 
-The CSV is streamed: reading keeps the distinct image paths and, per row, two indices and a label (about 20 bytes
-a row, whatever the paths); the scores CSV is written row by row while the pairs CSV is read a second time.
+The CSV is streamed: reading keeps the distinct image paths and, per row, its line, two indices and a label (about
+25 bytes a row, whatever the paths); the scores CSV is written row by row while the pairs CSV is read a second time.
 """
 import csv
 import io
@@ -22,11 +22,10 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell s
 
 @dataclass
 class PairList:
-    """What scoring a pairs CSV needs of it: the header (or None) and its line, the number of fields per row, the
+    """What scoring a pairs CSV needs of it: the header (or None), the number of fields per row, the
     distinct images (absolute, normalised paths) with the first line naming each, and per row the line number, the
     index of each image in `paths` and the label (-1 without labels)."""
     header: list = None
-    header_line: int = 0
     width: int = 0
     paths: list = field(default_factory=list)
     first_lines: array = field(default_factory=lambda: array("q"))
@@ -122,7 +121,7 @@ def read_pairs(path):
     first_number, first = first_row(path)
     pairs, index = PairList(width=len(first)), {}
     if is_header(first, os.path.dirname(path)):
-        pairs.header, pairs.header_line = first, first_number
+        pairs.header = first
         print(f"note: {printable(path)}:{first_number}: the first line ({printable(','.join(first))}) is taken as a "
               f"header: neither of its first two fields is a file or has an image extension", file=sys.stderr)
     else:
