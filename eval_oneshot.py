@@ -10,8 +10,9 @@ import sys
 
 from siamese import add_predictor_args, assumed_size_note, check_predictor_args, predictor_from_args
 from utils.configurator import parse_bool
-from utils.errors import DataError, ImageError, SaveError, WeightsError
+from utils.errors import DataError, ImageError, SaveError, WeightsError, printable
 from utils.files import output_problem
+from utils.interrupts import exit_on_interrupt
 from utils.oneshot import evaluate_folder, evaluate_runs, evaluate_verification
 
 
@@ -40,7 +41,7 @@ def parse_args(argv=None):
         parser.error("--save goes with --verify")
     problem = args.save and output_problem(args.save, "--save")
     if problem:
-        parser.error(problem)
+        parser.error(printable(problem))
     if min(args.way, args.shot, args.trials, args.pairs) < 1 or args.way < 2:
         parser.error("--way must be at least 2; --shot, --trials and --pairs at least 1")
     check_predictor_args(parser, args)
@@ -50,7 +51,7 @@ def parse_args(argv=None):
 def report_runs(model, args):
     result = evaluate_runs(model, args.runs, seed=args.seed)
     for name, error in zip(result["runs"], result["errors"]):
-        print(f"{name}: error {error:5.1f}%")
+        print(f"{printable(name)}: error {error:5.1f}%")
     print(f"mean error over {len(result['runs'])} runs: {result['error']:.1f}% (+-{result['ci95']:.1f}%, 95% CI)  "
           f"[Lake et al.: humans 4.5%, Koch et al. Siamese 8.0%, Modified Hausdorff 38.8%]")
 
@@ -80,24 +81,26 @@ def report_verify(model, args):
         from utils.figures import draw_verification
 
         draw_verification(result["scores"], result["labels"], model.threshold, args.save)
-        print(f"wrote {args.save}: ROC curve and reliability diagram")
+        print(f"wrote {printable(args.save)}: ROC curve and reliability diagram")
 
 
 def main(argv=None):
+    """The command line (`argv`, default sys.argv); every problem ends in one line, Ctrl-C and SIGTERM too."""
     args = parse_args(argv)
-    try:
-        model = predictor_from_args(args, verbose=False)
-        note = assumed_size_note(model)
-        if note:
-            print(note, file=sys.stderr)
-        if args.verify:
-            report_verify(model, args)
-        elif args.runs:
-            report_runs(model, args)
-        else:
-            report_folder(model, args)
-    except (WeightsError, DataError, ImageError, SaveError) as e:
-        raise SystemExit(f"error: {e}")
+    with exit_on_interrupt("eval_oneshot.py: interrupted; no file is left half-written"):
+        try:
+            model = predictor_from_args(args, verbose=False)
+            note = assumed_size_note(model)
+            if note:
+                print(printable(note), file=sys.stderr)
+            if args.verify:
+                report_verify(model, args)
+            elif args.runs:
+                report_runs(model, args)
+            else:
+                report_folder(model, args)
+        except (WeightsError, DataError, ImageError, SaveError) as e:
+            raise SystemExit(f"error: {printable(e)}") from None
 
 
 if __name__ == "__main__":

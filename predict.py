@@ -10,16 +10,24 @@ import argparse
 import os
 import sys
 
+import torch
+
 from siamese import add_predictor_args, assumed_size_note, check_predictor_args, predictor_from_args
 from utils.configurator import parse_bool
-from utils.errors import DataError, ImageError, SaveError, WeightsError
-from utils.files import atomic_write, output_problem
+from utils.errors import DataError, ImageError, SaveError, WeightsError, printable
+from utils.files import atomic_file, output_problem, remove_stale_temporaries, write_target
 from utils.gallery import rank_gallery
 from utils.images import open_image
+from utils.interrupts import exit_on_interrupt
 from utils.metrics import metrics_at, roc_auc
-from utils.pairs import read_pairs, resolve_pairs, score_path_pairs, scores_csv
+from utils.pairs import read_pairs, score_path_pairs, write_scores_csv
 
 MAX_WARNINGS = 10  # unreadable images named on stderr; the rest only in the output's error column
+
+
+def failure(error):
+    """The SystemExit that ends the program with `error: <message>` on stderr, control characters escaped."""
+    return SystemExit(f"error: {printable(error)}")
 
 
 def at_least_one(text):
@@ -84,7 +92,7 @@ def parse_args(argv=None):
         parser.error(f"give two image paths or none, not {len(args.images)}")
     problem = args.save and save_path_problem(args.save)
     if problem:
-        parser.error(problem)
+        parser.error(printable(problem))
     check_predictor_args(parser, args)
     return args
 
@@ -102,41 +110,47 @@ def check_pairs_args(parser, args):
     args.out = args.out or f"{os.path.splitext(args.pairs)[0]}_scores.csv"
 
 
-def warn_unreadable(pairs_path, rows, pairs, unreadable, out):
+def warn_unreadable(pairs_path, pairs, unreadable, out):
     """One stderr line per unreadable image (the first MAX_WARNINGS): the CSV line first using it and the problem."""
-    for count, (path, message) in enumerate(unreadable.items()):
+    first, second = (torch.frombuffer(images, dtype=torch.int64) for images in (pairs.first, pairs.second))
+    for count, (image, message) in enumerate(unreadable.items()):
         if count == MAX_WARNINGS:
-            print(f"warning: {len(unreadable) - count} more unreadable images; see the error column of {out}",
-                  file=sys.stderr)
+            print(f"warning: {len(unreadable) - count} more unreadable images; see the error column of "
+                  f"{printable(out)}", file=sys.stderr)
             return
-        lines = [number for (number, _), pair in zip(rows, pairs) if path in pair]
-        print(f"warning: {pairs_path}:{lines[0]}: {message} ({len(lines)} line(s) not scored)", file=sys.stderr)
+        lines = int(((first == image) | (second == image)).sum())
+        print(f"warning: {printable(pairs_path)}:{pairs.first_lines[image]}: {printable(message)} ({lines} line(s) "
+              f"not scored)", file=sys.stderr)
 
 
 def report_labels(scores, labels, threshold):
-    """Print ROC AUC and the accuracy at `threshold` of the scored labelled pairs."""
-    scored = [(score, int(label)) for score, label in zip(scores, labels) if score is not None]
-    if not scored:
+    """Print ROC AUC and the accuracy at `threshold` of the scored labelled pairs (`scores` a tensor, NaN where not
+    scored; `labels` 0/1 per pair)."""
+    labels = torch.frombuffer(labels, dtype=torch.int8)
+    scored = ~scores.isnan()
+    if not scored.any():
         print("no labelled pair could be scored")
         return
-    values, truth = zip(*scored)
+    values, truth = scores[scored].numpy(), labels[scored].numpy()
     auc, accuracy = roc_auc(values, truth), metrics_at(values, truth, threshold)["accuracy"]
     auc_text = f"ROC AUC {auc:.4f}" if auc == auc else "ROC AUC undefined (needs both labels)"  # NaN != NaN
-    left_out = f"; {len(labels) - len(scored)} with unreadable images left out" if len(scored) < len(labels) else ""
-    print(f"{auc_text}, accuracy {accuracy:.4f} at threshold {threshold:g} on {len(scored)} labelled pairs "
-          f"({sum(truth)} same){left_out}")
+    left_out = f"; {len(labels) - len(values)} with unreadable images left out" if len(values) < len(labels) else ""
+    print(f"{auc_text}, accuracy {accuracy:.4f} at threshold {threshold:g} on {len(values)} labelled pairs "
+          f"({int(truth.sum())} same){left_out}")
 
 
-def score_pairs_file(model, pairs_path, header, rows, out):
-    """Score every pair of a read pairs CSV, write the scores CSV atomically and print the summary."""
-    pairs = resolve_pairs(pairs_path, rows)
+def score_pairs_file(model, pairs_path, pairs, out):
+    """Score every pair of a read pairs CSV (a PairList), write the scores CSV atomically, row by row, and print the
+    summary."""
     scores, unreadable, embedded = score_path_pairs(model, pairs)
-    warn_unreadable(pairs_path, rows, pairs, unreadable, out)
-    atomic_write(scores_csv(header, rows, scores, pairs, unreadable, model.threshold).encode("utf-8"), out)
+    warn_unreadable(pairs_path, pairs, unreadable, out)
+    with atomic_file(out, "w", encoding="utf-8", newline="") as file:
+        write_scores_csv(file, pairs_path, pairs, scores, unreadable, model.threshold)
+    not_scored = int(scores.isnan().sum())
     print(f"{len(pairs)} pairs over {embedded + len(unreadable)} distinct images: embedded {embedded}, "
-          f"{len(unreadable)} unreadable, {scores.count(None)} pair(s) not scored; wrote {out}")
-    if len(rows[0][1]) == 3:
-        report_labels(scores, [fields[2] for _, fields in rows], model.threshold)
+          f"{len(unreadable)} unreadable, {not_scored} pair(s) not scored; wrote {printable(out)}")
+    if pairs.width == 3:
+        report_labels(scores, pairs.labels, model.threshold)
 
 
 def ask_image(prompt):
@@ -149,7 +163,7 @@ def ask_image(prompt):
         try:
             return path, open_image(path)
         except ImageError as e:
-            print(f"Open Error! {e}. Try again!")
+            print(f"Open Error! {printable(e)}. Try again!")
 
 
 def search_gallery(model, gallery, query, top, save_path=None, show=False):
@@ -163,14 +177,14 @@ def search_gallery(model, gallery, query, top, save_path=None, show=False):
             matches = [(score, open_image(os.path.join(gallery, name)), name) for score, name in images]
             draw_matches(query_image, query, matches, model.threshold, save_path, show)
     except (ImageError, DataError, SaveError) as e:
-        raise SystemExit(f"error: {e}")
-    print(f"Top {len(images)} images in {gallery} for {query}:")
+        raise failure(e) from None
+    print(f"Top {len(images)} images in {printable(gallery)} for {printable(query)}:")
     for score, name in images:
-        print(f"  {score:.4f}  {os.path.join(gallery, name)}")
+        print(f"  {score:.4f}  {printable(os.path.join(gallery, name))}")
     if classes:
         print(f"Top {len(classes)} classes (best image score):")
         for score, cls, name in classes:
-            print(f"  {score:.4f}  {cls}  ({os.path.basename(name)})")
+            print(f"  {score:.4f}  {printable(cls)}  ({printable(os.path.basename(name))})")
 
 
 def load_predictor(args):
@@ -181,10 +195,10 @@ def load_predictor(args):
     except WeightsError as e:
         hint = ("" if os.path.exists(args.model_path)
                 else "; train first and pass --model_path logs/best_epoch_weights.pth")
-        raise SystemExit(f"error: {e}{hint}")
+        raise failure(f"{e}{hint}") from None
     note = assumed_size_note(model)
     if note:
-        print(note, file=sys.stderr)
+        print(printable(note), file=sys.stderr)
     return model
 
 
@@ -192,25 +206,20 @@ def verdict(model, probability):
     """"same (threshold 0.620 from W.json)": the verdict on a similarity, and the threshold that gave it."""
     value, source = model.settings["threshold"]
     where = {"given": "given", "default": "default"}.get(source, source)
-    return f"{model.verdict(probability)} (threshold {value:.3f}, {where})"
+    return f"{model.verdict(probability)} (threshold {value:.3f}, {printable(where)})"
 
 
 def main(argv=None):
+    """The command line (`argv`, default sys.argv): Ctrl-C or SIGTERM ends it at once, a write half done deleted."""
     args = parse_args(argv)
-    if args.pairs:  # the CSV and --out are checked before the weights load: mistakes show in a second
-        try:
-            header, rows = read_pairs(args.pairs)
-        except DataError as e:
-            raise SystemExit(f"error: {e}")
-        same = os.path.exists(args.out) and os.path.samefile(args.out, args.pairs)
-        problem = f"--out {args.out}: is the pairs file itself; name another file" if same else \
-            output_problem(args.out, "--out")
-        if problem:
-            raise SystemExit(f"error: {problem}")
-        try:
-            return score_pairs_file(load_predictor(args), args.pairs, header, rows, args.out)
-        except SaveError as e:
-            raise SystemExit(f"error: {e}")
+    with exit_on_interrupt(""):  # Ctrl-C ends the loop like Ctrl-D
+        return run_command(args)
+
+
+def run_command(args):
+    """What the parsed arguments ask for: a pairs CSV, a gallery search, two images or the interactive loop."""
+    if args.pairs:
+        return run_pairs(args)
     model = load_predictor(args)
     if args.gallery:
         return search_gallery(model, args.gallery, args.images[0], args.top, args.save or None, bool(args.show))
@@ -218,8 +227,8 @@ def main(argv=None):
         try:
             image_1, image_2 = (open_image(path) for path in args.images)
         except ImageError as e:
-            raise SystemExit(f"error: {e}")
-        probability = model.detect_image(image_1, image_2, show=bool(args.show), save_path=args.save or None)
+            raise failure(e) from None
+        probability = detect(model, image_1, image_2, bool(args.show), args.save or None)
         print(f"{probability:.4f} {verdict(model, probability)}")
         return
     show = args.show is not False
@@ -229,15 +238,36 @@ def main(argv=None):
         if not second:
             print()
             return
-        save_path = args.save or None
-        probability = model.detect_image(first[1], second[1], show=show, save_path=save_path)
-        print(f"Similarity of {os.path.basename(first[0])} and {os.path.basename(second[0])}: {probability:.4f} "
-              f"{verdict(model, probability)}")
+        probability = detect(model, first[1], second[1], show, args.save or None)
+        print(f"Similarity of {printable(os.path.basename(first[0]))} and {printable(os.path.basename(second[0]))}: "
+              f"{probability:.4f} {verdict(model, probability)}")
+
+
+def detect(model, image_1, image_2, show, save_path):
+    """The similarity of two PIL images, drawn as asked; a figure that cannot be saved ends in one line."""
+    try:
+        return model.detect_image(image_1, image_2, show=show, save_path=save_path)
+    except SaveError as e:
+        raise failure(e) from None
+
+
+def run_pairs(args):
+    """--pairs: the CSV and --out are checked before the weights load, so that mistakes show in a second."""
+    try:
+        pairs = read_pairs(args.pairs)
+    except DataError as e:
+        raise failure(e) from None
+    same = os.path.exists(args.out) and os.path.samefile(args.out, args.pairs)
+    problem = f"--out {args.out}: is the pairs file itself; name another file" if same else \
+        output_problem(args.out, "--out")
+    if problem:
+        raise failure(problem)
+    remove_stale_temporaries(os.path.dirname(write_target(args.out)[0]))  # what killed runs left beside --out
+    try:
+        return score_pairs_file(load_predictor(args), args.pairs, pairs, args.out)
+    except (DataError, SaveError) as e:
+        raise failure(e) from None
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C ends the loop like Ctrl-D, without a traceback
-        print()
-        sys.exit(130)
+    sys.exit(main())

@@ -182,19 +182,20 @@ def test_what_cannot_work_is_refused_in_one_line(folder, weights, arguments, fra
 
 def test_a_header_is_detected_and_paths_resolve_from_the_csv_folder(folder):
     body = "img/d0.png,img/d1.png,1\nimg/d2.png,img/none.png,0\n"
+    images = [str(folder / "img" / name) for name in ("d0.png", "d1.png", "d2.png", "none.png")]
     for first, header in (("image_1,image_2,label\n", ["image_1", "image_2", "label"]), ("", None),
                           ("a,b,same\n", ["a", "b", "same"])):
         read = read_pairs(write_csv(folder / "pairs.csv", first + body))
-        assert read == (header, [(1 + bool(first), ["img/d0.png", "img/d1.png", "1"]),
-                                 (2 + bool(first), ["img/d2.png", "img/none.png", "0"])])
+        assert read.header == header and read.paths == images and list(read.lines) == [1 + bool(first), 2 + bool(first)]
+        assert (list(read.first), list(read.second), list(read.labels)) == ([0, 2], [1, 3], [1, 0])
     # no 0/1 label: a data line still, because its paths name images (it is then malformed)
     with pytest.raises(DataError, match=r"pairs.csv:1: the label must be 0"):
         read_pairs(write_csv(folder / "pairs.csv", "missing.png,img/d1.png,maybe\n" + body))
     two = read_pairs(write_csv(folder / "pairs.csv", "first,second\nimg/d0.png,img/d1.png\n"))
-    assert two == (["first", "second"], [(2, ["img/d0.png", "img/d1.png"])])
+    assert two.header == ["first", "second"] and list(two.lines) == [2] and two.paths == images[:2]
     extensionless = folder / "img" / "plain"
     extensionless.write_bytes((folder / "img" / "d0.png").read_bytes())
-    assert read_pairs(write_csv(folder / "pairs.csv", "img/plain,img/d1.png\n"))[0] is None
+    assert read_pairs(write_csv(folder / "pairs.csv", "img/plain,img/d1.png\n")).header is None
 
 
 def test_an_interrupted_write_leaves_the_earlier_file_whole(tmp_path):

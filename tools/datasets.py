@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tools.glyphs import DRAWERS, MAX_CHARACTERS, make_glyphs
 from tools.omniglot import OMNIGLOT_URL, OMNIGLOT_ZIPS, get_omniglot
-from utils.errors import DataError
+from utils.errors import DataError, printable
+from utils.interrupts import exit_on_interrupt
 
 OUT_HELP = "folder to fill with images_background/ and images_evaluation/"
 
@@ -40,19 +41,23 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """The command line (`argv`, default sys.argv); a problem, Ctrl-C or SIGTERM ends it in one line, the folders
+    being filled left as they were."""
     args = parse_args(argv)
-    try:
-        if args.command == "glyphs":
-            splits = make_glyphs(args.out, args.seed, args.max_characters)
-            for split, characters in splits.items():
-                print(f"{Path(args.out) / split}: {len(characters)} alphabets, "
-                      f"{sum(map(len, characters.values()))} characters x {DRAWERS} drawings "
-                      f"({', '.join(characters)})")
-        else:
-            for folder, alphabets, characters, images in get_omniglot(args.out, args.zips, args.source, args.url):
-                print(f"{folder}: +{alphabets} alphabets, {characters} characters, {images} images")
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    with exit_on_interrupt(f"interrupted; {args.out} left as it was"):
+        try:
+            if args.command == "glyphs":
+                splits = make_glyphs(args.out, args.seed, args.max_characters)
+                for split, characters in splits.items():
+                    print(f"{printable(Path(args.out) / split)}: {len(characters)} alphabets, "
+                          f"{sum(map(len, characters.values()))} characters x {DRAWERS} drawings "
+                          f"({', '.join(characters)})")
+            else:
+                for folder, alphabets, characters, images in get_omniglot(args.out, args.zips, args.source,
+                                                                          args.url):
+                    print(f"{printable(folder)}: +{alphabets} alphabets, {characters} characters, {images} images")
+        except DataError as e:
+            raise SystemExit(f"error: {printable(e)}") from None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from matplotlib.ft2font import FT2Font
 from PIL import Image, ImageDraw, ImageFont
 
 from utils.errors import DataError
+from utils.interrupts import signals_held
 
 GLYPH_SIZE = 105  # Omniglot's image side
 DRAWERS = 20  # drawings per character, as in Omniglot
@@ -221,8 +222,9 @@ def make_glyphs(out="dataset", seed=0, max_characters=MAX_CHARACTERS):
             char_id = 1
             for split_index, (split, characters) in enumerate(splits.items()):
                 char_id = write_alphabets(Path(tmp) / split, characters, seed, split_index, char_id)
-            for target in targets:
-                os.replace(Path(tmp) / target.name, target)
+            with signals_held():  # both folders or neither: an interruption between them would block a rerun
+                for target in targets:
+                    os.replace(Path(tmp) / target.name, target)
     finally:
         torch.set_num_threads(threads)
     return splits

@@ -38,8 +38,8 @@ def indices_by_class(labels):
 
 def scan(folder, broken):
     """(subfolder names, file names) of `folder`, sorted; hidden folders are left out (hidden files are
-    listed, to be counted as skipped). A symlink that dangles or loops is neither; its path and problem
-    are appended to `broken`.
+    listed, to be counted as skipped). A symlink that dangles or loops, a FIFO, a device or a socket is neither; its
+    path and problem are appended to `broken`.
     """
     folders, files = [], []
     for entry in os.scandir(folder):
@@ -49,8 +49,10 @@ def scan(folder, broken):
                     folders.append(entry.name)
             elif entry.is_file():
                 files.append(entry.name)
-            elif entry.is_symlink():
+            elif entry.is_symlink() and not os.path.exists(entry.path):
                 broken.append(f"{entry.path} (dangling symlink)")
+            else:  # a FIFO would block a reader, a device never end
+                broken.append(f"{entry.path} (not a regular file)")
         except OSError as e:  # a symlink loop
             broken.append(f"{entry.path} ({e.strerror})")
     return sorted(folders), sorted(files)

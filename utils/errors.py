@@ -31,3 +31,10 @@ def one_line(error):
     last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     prefix = f"{type(error).__module__}.{type(error).__name__}: "
     return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def printable(text):
+    """`text` with every control or other unprintable character escaped (\\x1b, \\n, \\u202e): a path printed in a
+    message cannot move the cursor, clear the terminal or start a new line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(text))

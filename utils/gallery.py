@@ -9,18 +9,20 @@ all. Files that cannot be read or decoded are skipped with a warning naming each
 import hashlib
 import os
 import stat
+import sys
 
 import torch
 from tqdm import tqdm
 
-from utils.errors import DataError, ImageError, WeightsError
+from utils.errors import DataError, ImageError, WeightsError, printable
 from utils.files import atomic_save, warn_skipped
-from utils.images import is_image_file, load_image
+from utils.images import image_file, is_image_file, load_fitted
 from utils.weights import safe_load
 
 CACHE_NAME = ".siamese_embeddings.pth"
 CACHE_VERSION = 2  # a cache of another version is rebuilt
-CHUNK = 256  # images decoded at a time: a multiple of the predictor's batch (64), so its batches do not change
+CHUNK = 256  # images held at a time, at the input size: a multiple of the predictor's batch (64), which then stays
+DIGEST_BLOCK = 1 << 20  # bytes hashed at a time: a large image is never held whole to be hashed
 
 
 def list_gallery(folder):
@@ -54,9 +56,16 @@ def list_gallery(folder):
 
 
 def file_digest(path):
-    """A blake2b digest (hex) of a file's bytes: what changes whenever its content does."""
-    with open(path, "rb") as file:
-        return hashlib.blake2b(file.read(), digest_size=16).hexdigest()
+    """A blake2b digest (hex) of an image file's bytes: what changes whenever its content does. Raises ImageError
+    naming the file when it is not a regular file of bounded size (`image_file`) or cannot be read."""
+    digest = hashlib.blake2b(digest_size=16)
+    with image_file(path) as file:
+        try:
+            while block := file.read(DIGEST_BLOCK):
+                digest.update(block)
+        except OSError as e:
+            raise ImageError(f"{path}: {e.strerror or e}") from None
+    return digest.hexdigest()
 
 
 def weights_digest(net):
@@ -78,29 +87,57 @@ def cache_key(predictor):
     }
 
 
-def load_cache(path, key):
-    """The cached {relative path: (content digest, embedding)} for `key`, or {} when absent, stale or unreadable."""
+def load_cache(path, key, width):
+    """The cached {relative path: (content digest, embedding)} for `key`, or {} when absent, stale or unreadable.
+
+    A cache that loads but does not hold together (lists of other lengths or types, embeddings not `width` wide or
+    not finite) is stale too, with a warning: it is rebuilt.
+    """
     if not os.path.isfile(path):
         return {}
     try:
         cache = safe_load(path)
     except WeightsError as e:
-        print(f"warning: ignoring the embedding cache: {e}")
+        print(f"warning: ignoring the embedding cache: {printable(e)}", file=sys.stderr)
         return {}
     if not isinstance(cache, dict) or cache.get("key") != key:
+        return {}
+    problem = cache_problem(cache, width)
+    if problem:
+        print(f"warning: ignoring the embedding cache {printable(path)}: {problem}; rebuilding it", file=sys.stderr)
         return {}
     return {name: (digest, row) for name, digest, row in zip(cache["names"], cache["digests"], cache["embeddings"])}
 
 
+def cache_problem(cache, width):
+    """What does not hold together in a loaded cache of the current key, in words; "" when nothing."""
+    names, digests, embeddings = cache.get("names"), cache.get("digests"), cache.get("embeddings")
+    if not all(isinstance(items, list) and all(isinstance(item, str) for item in items) for items in (names, digests)):
+        return "its names and digests are not lists of text"
+    if not torch.is_tensor(embeddings) or not embeddings.is_floating_point() or embeddings.dim() != 2:
+        return "its embeddings are not a table of numbers"
+    if not len(names) == len(digests) == len(embeddings):
+        return f"{len(names)} names, {len(digests)} digests and {len(embeddings)} embeddings"
+    if embeddings.shape[1] != width:
+        return f"embeddings {embeddings.shape[1]} wide, these weights give {width}"
+    if not torch.isfinite(embeddings).all():
+        return "embeddings hold NaN or infinite values"
+    return ""
+
+
 def embed_files(predictor, paths, progress=True, desc="embedding gallery"):
-    """Embed image files, skipping the unreadable -> ({index in paths: embedding}, {index: one error line})."""
+    """Embed image files, skipping the unreadable -> ({index in paths: embedding}, {index: one error line}).
+
+    Each image is fitted to the predictor's input size as soon as it is decoded (`load_fitted`), so CHUNK images at
+    the input size are held at a time, never CHUNK full-size photos.
+    """
     rows, errors = {}, {}
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for start in range(0, len(paths), CHUNK):
             images = {}
             for i in range(start, min(start + CHUNK, len(paths))):
                 try:
-                    images[i] = load_image(paths[i])
+                    images[i] = load_fitted(paths[i], predictor.input_shape, predictor.letterbox_image)
                 except ImageError as e:
                     errors[i] = str(e)
             if images:
@@ -121,11 +158,12 @@ def gallery_embeddings(predictor, folder, use_cache=True, progress=True):
         for name in names:
             try:
                 digests[name] = file_digest(os.path.join(folder, name))
-            except OSError as e:
-                unreadable.append(f"{os.path.join(folder, name)}: {e.strerror or e}")
+            except ImageError as e:
+                unreadable.append(str(e))
         names = [name for name in names if name in digests]
     cache_path, key = os.path.join(folder, CACHE_NAME), cache_key(predictor) if use_cache else None
-    cached = load_cache(cache_path, key) if use_cache else {}
+    width = predictor.net.fully_connect1.in_features  # the embedding's width: what the head takes
+    cached = load_cache(cache_path, key, width) if use_cache else {}
     missing = [name for name in names if name not in digests or cached.get(name, (None,))[0] != digests[name]]
     fresh, errors = embed_files(predictor, [os.path.join(folder, name) for name in missing], progress)
     unreadable += errors.values()
@@ -140,7 +178,8 @@ def gallery_embeddings(predictor, folder, use_cache=True, progress=True):
             kept = [digests[name] for name in names]
             atomic_save({"key": key, "names": names, "digests": kept, "embeddings": embeddings}, cache_path)
         except OSError as e:
-            print(f"warning: could not write the embedding cache {cache_path}: {e}")
+            print(f"warning: could not write the embedding cache {printable(cache_path)}: {printable(e)}",
+                  file=sys.stderr)
     return names, embeddings, len(embedded)
 
 

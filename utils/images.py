@@ -11,10 +11,14 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
 from utils.errors import ImageError
+from utils.files import MAX_IMAGE_BYTES, open_regular, read_opened
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 GREY = 128  # fill value for letterbox padding and AutoAugment, as the original uses
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+JPEG_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at directly (Pillow's draft)
+DRAFT_MARGIN = 2  # source pixels per output pixel a reduced JPEG keeps: resampling from there matches the full decode
 INTEGER_MODE = re.compile(r"I;(\d+)[BLN]?(S?)")  # Pillow's integer modes and raw modes: bits, byte order, signed
 
 
@@ -82,13 +86,15 @@ def image_errors(path):
         raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 
+def image_file(path):
+    """`path` opened to read bytes, once known to be a regular file of at most MAX_IMAGE_BYTES: a FIFO, a device or
+    a huge file is refused unread; raises ImageError naming the file."""
+    return open_regular(path, MAX_IMAGE_BYTES, ImageError, "an image")
+
+
 def open_image(path):
     """Read `path` fully into an RGB PIL image; raises ImageError naming the file."""
-    if not os.path.exists(path):
-        raise ImageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ImageError(f"{path}: is a directory, not an image")
-    with image_errors(path), Image.open(path) as image:
+    with image_file(path) as file, image_errors(path), Image.open(file) as image:
         rawmode = raw_mode(image)  # known only before loading: the tile list goes once decoded
         image.load()
         return to_rgb(image, rawmode)
@@ -101,41 +107,56 @@ def raw_mode(image):
 
 
 def verify_image(path):
-    """Cheap check without decoding: the header (size within Pillow's limit) and, for PNG, every
-    chunk's checksum, which catches truncated and corrupt PNGs; raises ImageError naming the file."""
-    with image_errors(path), Image.open(path) as image:
+    """Cheap check without decoding: a regular file of bounded size, the header (size within Pillow's limit) and,
+    for PNG, every chunk's checksum, which catches truncated and corrupt PNGs; raises ImageError naming the file."""
+    with image_file(path) as file, image_errors(path), Image.open(file) as image:
         image.verify()
 
 
-def png_chunk_types(data):
-    """The chunk types (4 bytes each) of a PNG file's bytes, in order; a damaged chunk list just ends early."""
-    types, offset = [], len(PNG_SIGNATURE)
-    while offset + 8 <= len(data) and types[-1:] != [b"IEND"]:
-        types.append(data[offset + 4:offset + 8])
-        offset += int.from_bytes(data[offset:offset + 4], "big") + 12  # length, type, data, CRC
-    return types
+def png_has_exif(data):
+    """Whether the chunks of a PNG file's bytes include eXIf; None when they do not make a PNG.
+
+    The walk follows the file's own structure and never reaches past its end: the first chunk must be a 13-byte IHDR
+    of a non-empty image, every type 4 ASCII letters, every length inside the file, and IEND must come. A signature
+    followed by zeros (what an interrupted or preallocated download leaves) is rejected at its first chunk.
+    """
+    offset, exif, first = len(PNG_SIGNATURE), False, True
+    while True:
+        if offset + 12 > len(data):
+            return None
+        length, kind = int.from_bytes(data[offset:offset + 4], "big"), bytes(data[offset + 4:offset + 8])
+        if not kind.isalpha() or offset + 12 + length > len(data):
+            return None
+        if first and (kind != b"IHDR" or length != 13 or not any(data[16:20]) or not any(data[20:24])):
+            return None  # width and height at bytes 16 and 20
+        exif, first, offset = exif or kind == b"eXIf", False, offset + 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return exif
 
 
 def decode_png(path):
     """An 8-bit PNG decoded by torchvision as uint8 (1 or 3, H, W); None otherwise.
 
     Grey stays one channel and alpha is dropped, as `to_rgb` does. Anything else (other formats,
-    16-bit and palette PNGs, PNGs with EXIF, unreadable files) returns None so that PIL decodes it
-    or names the problem.
+    16-bit and palette PNGs, PNGs with EXIF, PNGs whose chunks do not hold together, unreadable files) returns None
+    so that PIL decodes it or names the problem. Only a regular file of at most MAX_IMAGE_BYTES is read.
     """
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        with image_file(path) as file:
+            if file.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                return None
+            file.seek(0)
+            data = read_opened(file, path, MAX_IMAGE_BYTES, ImageError)
         # IHDR: bit depth at byte 24, colour type at 25 (3 = palette: torchvision would return the indices)
-        if not data.startswith(PNG_SIGNATURE) or len(data) < 26 or data[24] > 8 or data[25] == 3:
+        if len(data) < 26 or data[24] > 8 or data[25] == 3:
             return None
         pixels = int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
         if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:  # PIL's decompression-bomb check speaks
             return None
-        if b"eXIf" in png_chunk_types(data):  # torchvision ignores the orientation it may hold; PIL applies it
+        if png_has_exif(data) is not False:  # torchvision ignores the orientation EXIF holds; PIL applies it
             return None
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
-    except (OSError, RuntimeError, ValueError):
+        image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    except (ImageError, OSError, RuntimeError, ValueError):
         return None
     if image.dtype != torch.uint8 or image.shape[0] not in (1, 2, 3, 4):
         return None
@@ -163,15 +184,37 @@ def resize(image, size):
     return v2.functional.resize(plain, list(size), antialias=True).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def letterbox_geometry(height, width, size):
+    """How `letterbox` fits a height x width image to `size` (h, w): (the region kept as (top, left, height, width),
+    the size it is resized to, the [left, top, right, bottom] grey padding): all of it, to fit, padded around."""
+    target_height, target_width = size
+    scale = min(target_height / height, target_width / width)
+    nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (target_height - nh) // 2, (target_width - nw) // 2
+    return (0, 0, height, width), (nh, nw), [left, top, target_width - nw - left, target_height - nh - top]
+
+
+def crop_geometry(height, width, size):
+    """How `centre_crop_resize` fits a height x width image to `size` (h, w), as `letterbox_geometry` says it: the
+    centre region of the target's aspect ratio, resized to (h, w), no padding."""
+    target_height, target_width = size
+    scale = max(target_height / height, target_width / width)
+    ch, cw = min(height, max(1, round(target_height / scale))), min(width, max(1, round(target_width / scale)))
+    top, left = int(round((height - ch) / 2)), int(round((width - cw) / 2))  # CenterCrop's rounding
+    return (top, left, ch, cw), (target_height, target_width), [0, 0, 0, 0]
+
+
+def fit_image(image, geometry):
+    """A uint8 (C, H, W) tensor cropped, resized and padded as `geometry` (`crop_geometry`, `letterbox_geometry`)
+    says -> uint8 (C, h, w)."""
+    (top, left, height, width), resized, padding = geometry
+    image = resize(image[..., top:top + height, left:left + width], resized)
+    return v2.functional.pad(image, padding, fill=GREY) if any(padding) else image
+
+
 def letterbox(image, size):
     """Resize a (3, H, W) uint8 tensor to fit (h, w) keeping its aspect ratio, grey padding around."""
-    height, width = size
-    _, ih, iw = image.shape
-    scale = min(height / ih, width / iw)
-    nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
-    resized = resize(image, [nh, nw])
-    top, left = (height - nh) // 2, (width - nw) // 2
-    return v2.functional.pad(resized, [left, top, width - nw - left, height - nh - top], fill=GREY)
+    return fit_image(image, letterbox_geometry(*image.shape[-2:], size))
 
 
 def centre_crop_resize(image, size):
@@ -181,12 +224,60 @@ def centre_crop_resize(image, size):
     (for a square target, resizing the shorter side). Cropping first keeps memory bounded by the
     source and the output: a 1 x 200,000 image is never resized to 32 x 6,400,000 on the way.
     """
-    height, width = size
-    ih, iw = image.shape[-2:]
-    scale = max(height / ih, width / iw)
-    ch, cw = min(ih, max(1, round(height / scale))), min(iw, max(1, round(width / scale)))
-    top, left = int(round((ih - ch) / 2)), int(round((iw - cw) / 2))  # CenterCrop's rounding
-    return resize(image[..., top:top + ch, left:left + cw], [height, width])
+    return fit_image(image, crop_geometry(*image.shape[-2:], size))
+
+
+def jpeg_reduction(geometry):
+    """The largest of JPEG_REDUCTIONS a JPEG fitted by `geometry` can be decoded at, else 1: the region kept still
+    has DRAFT_MARGIN pixels per output pixel each way, and its edges fall on whole reduced pixels, so that the
+    reduced image's region is exactly the full image's."""
+    (top, left, height, width), (out_height, out_width), _ = geometry
+    for reduction in JPEG_REDUCTIONS:
+        if height >= DRAFT_MARGIN * reduction * out_height and width >= DRAFT_MARGIN * reduction * out_width \
+                and not any(side % reduction for side in (top, left, height, width)):
+            return reduction
+    return 1
+
+
+def decode_jpeg_fitted(path, geometry_of):
+    """A JPEG file fitted by the geometry `geometry_of(height, width)` gives for its upright size -> uint8 (3, h, w),
+    decoded at the `jpeg_reduction` that geometry allows; None for other files, and for JPEGs Pillow cannot reduce.
+
+    The geometry is the full image's, scaled down exactly: only the decoded scale differs from fitting the full
+    decode (libjpeg's scaled inverse DCT averages each r x r block), a few uint8 levels at most.
+    """
+    with image_file(path) as file, image_errors(path):
+        if file.read(len(JPEG_SIGNATURE)) != JPEG_SIGNATURE:
+            return None
+        file.seek(0)
+        with Image.open(file) as image:
+            width, height = image.size
+            turned = orientation(image) in (5, 6, 7, 8)  # a quarter turn: the geometry is of the upright image
+            geometry = geometry_of(*((width, height) if turned else (height, width)))
+            reduction = jpeg_reduction(geometry)
+            if image.format != "JPEG" or (reduction > 1 and not image.draft(None, (width // reduction,
+                                                                               height // reduction))):
+                return None
+            image.load()
+            pixels = v2.functional.pil_to_tensor(to_rgb(image))
+    (top, left, crop_height, crop_width), resized, padding = geometry
+    region = tuple(side // reduction for side in (top, left, crop_height, crop_width))
+    return fit_image(pixels, (region, resized, padding))
+
+
+def load_fitted(path, input_shape, letterbox_image=False):
+    """An image file fitted to the model's input (h, w) as `eval_transform` fits it -> uint8 (3, h, w).
+
+    A large JPEG (a phone photo) is decoded at 1/2, 1/4 or 1/8 scale where that keeps twice the input size
+    (`decode_jpeg_fitted`): a 12-megapixel photo then holds 0.6 to 9 MB while it is fitted, not 36. Other files are
+    decoded in full; only the one image is held at its decoded size, whatever calls this for many.
+    """
+    geometry_of = letterbox_geometry if letterbox_image else crop_geometry
+    fitted = decode_jpeg_fitted(path, lambda height, width: geometry_of(height, width, input_shape))
+    if fitted is None:
+        image = load_image(path)
+        fitted = fit_image(image, geometry_of(*image.shape[-2:], input_shape))
+    return fitted
 
 
 class ToSize(torch.nn.Module):
@@ -219,10 +310,14 @@ def to_float(images):
 
 
 def preprocess(image, input_shape, letterbox_image=False):
-    """A PIL image, a uint8 tensor or a path -> (3, H, W) float32 tensor in [0, 1], as the model expects."""
+    """A PIL image, a uint8 tensor or a path -> (3, H, W) float32 tensor in [0, 1], as the model expects.
+
+    A path is read with `load_fitted` (a large JPEG decoded at a reduced scale); what is given fitted already stays
+    as it is, since fitting an image of the input size to it changes nothing.
+    """
     if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
-    elif isinstance(image, Image.Image):
+        return to_float(load_fitted(image, input_shape, letterbox_image))
+    if isinstance(image, Image.Image):
         image = v2.functional.pil_to_tensor(to_rgb(image))
     return to_float(eval_transform(input_shape, letterbox_image)(image))
 

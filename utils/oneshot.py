@@ -15,6 +15,7 @@ import torch
 
 from utils.dataloader import class_groups, indices_by_class, list_images
 from utils.errors import DataError
+from utils.files import MAX_TEXT_BYTES, read_regular
 from utils.images import is_image_file
 from utils.metrics import mean_ci, verification_metrics
 
@@ -168,10 +169,11 @@ def parse_run(run_dir):
     """One run of Lake's `all_runs` -> (test_paths, training_paths, answers).
 
     `answers[i]` is the index in `training_paths` of test item i's class, read from `class_labels.txt`
-    (lines `runNN/test/itemXX.png runNN/training/classYY.png`).
+    (lines `runNN/test/itemXX.png runNN/training/classYY.png`), a regular file of at most MAX_TEXT_BYTES; every
+    image must be a regular file. Raises DataError naming the file (and line) at fault.
     """
     labels_file = os.path.join(run_dir, "class_labels.txt")
-    if not os.path.isfile(labels_file):
+    if not os.path.lexists(labels_file):
         raise DataError(f"{labels_file}: no such file (expected Lake's run layout: training/, test/, class_labels.txt)")
     training_dir = os.path.join(run_dir, "training")
     names = os.listdir(training_dir) if os.path.isdir(training_dir) else []
@@ -179,9 +181,12 @@ def parse_run(run_dir):
     if len(training_paths) < 2:
         raise DataError(f"{training_dir}: {len(training_paths)} training image(s); a one-shot run needs at least 2 "
                         f"to choose between")
+    irregular = [path for path in training_paths if not os.path.isfile(path)]
+    if irregular:
+        raise DataError(f"{irregular[0]}: not a regular file (a device, a FIFO, a socket or a dangling link)")
+    data = read_regular(labels_file, MAX_TEXT_BYTES, DataError, "a class_labels.txt")
     try:
-        with open(labels_file, encoding="utf-8") as f:
-            lines = f.readlines()
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise DataError(f"{labels_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     test_paths, answers = [], []
@@ -195,7 +200,8 @@ def parse_run(run_dir):
         # the last two path parts locate the file inside this run, whatever the runs folder is called
         test, train = (os.path.join(run_dir, *field.replace("\\", "/").split("/")[-2:]) for field in fields)
         if not os.path.isfile(test):
-            raise DataError(f"{labels_file}:{number}: test image {test} does not exist")
+            what = "is not a regular file" if os.path.lexists(test) else "does not exist"
+            raise DataError(f"{labels_file}:{number}: test image {test} {what}")
         if train not in training_paths:
             raise DataError(f"{labels_file}:{number}: {train} is not one of the run's training images")
         test_paths.append(test)

@@ -1,5 +1,6 @@
 """Weights on disk: safe loading, loading into a network by name and shape, and torchvision's ImageNet files."""
 import json
+import math
 import os
 import pickle
 
@@ -7,6 +8,7 @@ import torch
 from torchvision.models import (MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet50_Weights, VGG16_BN_Weights,
                                 VGG16_Weights)
 
+from nets.siamese import BACKBONES
 from utils.errors import WeightsError
 from utils.files import atomic_write
 
@@ -165,6 +167,9 @@ def read_weights(path):
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict) and isinstance(raw.get("model"), dict):
         recorded = {"backbone": raw["config"].get("backbone"), "input_shape": raw["config"].get("input_shape"),
                     "letterbox_image": False, "threshold": raw.get("threshold")}
+        problem = settings_problem(recorded) or calibration_problem(raw.get("calibration"))
+        if problem:
+            raise WeightsError(f"{path}: a damaged training checkpoint ({problem})")
         source, state = str(path), checkpoint_weights(raw, state)
     json_path = settings_path(path)
     if os.path.isfile(json_path):
@@ -183,6 +188,16 @@ def checkpoint_weights(checkpoint, state):
     if isinstance(calibration, dict) and {"scale", "shift"} <= set(calibration):
         state = fold_calibration(state, calibration["scale"], calibration["shift"])
     return state
+
+
+def calibration_problem(calibration):
+    """What is wrong with a checkpoint's recorded calibration (None, or {"scale": number, "shift": number}), or ""."""
+    if calibration is None:
+        return ""
+    values = [calibration.get(k) for k in ("scale", "shift")] if isinstance(calibration, dict) else [None]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return f"calibration {calibration!r} is not a finite scale and shift"
+    return ""
 
 
 def read_settings_file(json_path):
@@ -212,8 +227,9 @@ def settings_problem(settings):
         return f"input_shape {shape!r} is not [height, width]"
     if settings.get("letterbox_image") not in (None, True, False):
         return f"letterbox_image {settings['letterbox_image']!r} is not true or false"
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+    if threshold is not None and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+                                      and 0 <= threshold <= 1):
         return f"threshold {threshold!r} is not a number in [0, 1]"
-    if settings.get("backbone") is not None and not isinstance(settings["backbone"], str):
-        return f"backbone {settings['backbone']!r} is not a name"
+    if settings.get("backbone") is not None and settings["backbone"] not in BACKBONES:
+        return f"backbone {settings['backbone']!r} is not one of {', '.join(BACKBONES)}"
     return ""
