@@ -4,7 +4,7 @@ from tqdm import tqdm
 
 from nets.siamese import SiameseNetwork, backbone_of, check_input_shape, flat_features
 from utils.configurator import parse_bool, show_config
-from utils.errors import WeightsError
+from utils.errors import WeightsError, printable
 from utils.images import preprocess
 from utils.weights import load_exact, read_weights, settings_path
 
@@ -208,8 +208,8 @@ def choose_settings(given, recorded, source, model_path):
 
 
 def describe(value, source):
-    """A settings table cell: the value and where it came from."""
-    return f"{value} ({source})"
+    """A settings table cell: the value and where it came from, control characters escaped."""
+    return printable(f"{value} ({source})")
 
 
 def check_feature_count(state, input_shape, backbone, path):

@@ -2,6 +2,7 @@
 import os
 
 from utils.figures import plot_losses
+from utils.files import atomic_write
 
 
 class LossHistory:
@@ -22,8 +23,7 @@ class LossHistory:
         if oneshot is not None:
             files.append(("epoch_val_oneshot.txt", self.oneshots))
         for name, values in files:
-            with open(os.path.join(self.log_dir, name), "w") as f:
-                f.writelines(f"{v}\n" for v in values)
+            atomic_write("".join(f"{v}\n" for v in values).encode(), os.path.join(self.log_dir, name))
         self.plot()
 
     def is_best(self, best_by):
