@@ -28,7 +28,7 @@ from utils.engine import Meter, StopSignals, evaluate, train_one_epoch
 from utils.errors import ConfigError, DataError, ImageError, NonFiniteLoss, SaveError, WeightsError, one_line
 from utils.history import LossHistory, TensorBoardLog
 from utils.metrics import best_threshold, platt_scaling
-from utils.oneshot import evaluate_split
+from utils.oneshot import evaluate_split, verification_logits
 from utils.rundir import claim_save_dir, release, save_epoch_weights
 from utils.schedule import MIN_STEPS, lr_at_epoch, make_optimizer, scaled_lr, set_lr
 from utils.weights import IMAGENET_WEIGHTS_URLS, load_imagenet_weights, load_matching, load_weights, unwrap
@@ -188,12 +188,16 @@ def build_run(c, checkpoint, rank, world_size):
 
 def end_epoch_report(run, epoch, lr, train_metrics, val):
     """Rank 0 after an epoch's training and validation: the one-shot check, the epoch's line, the history,
-    TensorBoard and the weight files; returns the figures recorded with them (threshold, calibration, ...)."""
+    TensorBoard and the weight files; returns the figures recorded with them (threshold, calibration, ...).
+
+    The threshold (and the calibration) are fitted on verification pairs of the validation images, sampled as
+    `eval_oneshot.py --verify` samples them: half same class, half any two classes.
+    """
     c, data, say = run.config, run.data, run.say
     model = run.average.module if run.average else unwrap(run.model)  # what is validated is what is saved
+    predictor = Siamese.from_network(model, c.input_shape, c.device)
     oneshot, way = None, 0
     if c.split_by == "class" and c.oneshot_way:  # unseen classes: the accuracy users care about
-        predictor = Siamese.from_network(model, c.input_shape, c.device)
         oneshot, way = evaluate_split(predictor, data.val_paths, data.val_labels, c.oneshot_way)
     say(f"Epoch {epoch + 1}/{c.Epoch}: loss {train_metrics['loss']:.3f} acc {train_metrics['acc']:.3f} | "
         f"val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}"
@@ -203,7 +207,9 @@ def end_epoch_report(run, epoch, lr, train_metrics, val):
         run.board.write(epoch + 1, {"loss/train": train_metrics["loss"], "loss/val": val["loss"], "lr": lr,
                                 "accuracy/train": train_metrics["acc"], "accuracy/val": val["acc"],
                                 "oneshot/val": oneshot})
-    logits, targets = val["logits"].numpy(), val["targets"].numpy()
+    logits, targets = verification_logits(predictor, data.val_paths, data.val_labels)
+    if logits is None:  # too few validation classes: the validation pass's own pairs
+        logits, targets = val["logits"].numpy(), val["targets"].numpy()
     calibration = platt_scaling(logits, targets) if c.calibrate else None
     if calibration:
         logits = calibration[0] * logits + calibration[1]

@@ -271,6 +271,19 @@ def sample_verification_pairs(labels, pairs=1000, seed=0):
     return sampled
 
 
+def verification_logits(predictor, paths, labels, pairs=1000, seed=0):
+    """(logits, labels) of `pairs` verification pairs sampled from labelled image paths as `evaluate_verification`
+    samples them (half same class, the other half any two classes); (None, None) when no such pairs exist."""
+    try:
+        sampled = sample_verification_pairs(labels, pairs, seed)
+    except DataError:
+        return None, None
+    embeddings, row = embed_used(predictor.embed, paths, [i for a, b, _ in sampled for i in (a, b)])
+    first, second = (torch.tensor([row[pair[k]] for pair in sampled]) for k in (0, 1))
+    logits = predictor.score_pairs(embeddings[first], embeddings[second], logits=True).numpy()
+    return logits, np.array([label for _, _, label in sampled], dtype=np.float64)
+
+
 def evaluate_verification(predictor, folder, pairs=1000, seed=0, own_data=None, progress=True, threshold=None):
     """Verification metrics of a predictor on `pairs` labelled pairs sampled from `folder` (`verification_metrics`,
     with `threshold` the weights' recorded one), plus "scores" and "labels" of every pair for figures."""
