@@ -1,7 +1,7 @@
 """Measure training and inference speed, loader speed, peak memory and scoring speed on this machine.
 
     python bench.py                        # 105x105 VGG16 pair items, batch 32 (the original's defaults)
-    python bench.py --quick                # the same, shorter: at most a few minutes on any CPU
+    python bench.py --quick                # the same, shorter (batch 8, fp32 alone): a few minutes at most
     python bench.py --pairing batch        # the from-scratch recipe's step (config/omniglot_scratch.py)
     python bench.py --gallery 100000       # one query against 100,000 cached embeddings (ResNet18 at 64x64)
     python bench.py --backbones all        # instead: a table of every backbone's speed and memory (fp32)
@@ -66,14 +66,15 @@ def parse_args(argv=None):
     parser.add_argument("--way", type=int, default=20, help="classes of the timed one-shot task")
     parser.add_argument("--gallery", type=int, default=0, metavar="N",
                         help="only time one query against N cached synthetic embeddings, as predict.py --gallery")
-    parser.add_argument("--quick", action="store_true", help="2 timed steps, 256 loader images, fp32 alone")
+    parser.add_argument("--quick", action="store_true", help="2 timed steps, 256 loader images, fp32 alone, batch 8 "
+                        "items, the one-shot task without its every-pair timing")
     parser.add_argument("--backbones", type=parse_backbones, default=None, metavar="all|NAME[,NAME...]",
                         help="only a table of these backbones' training and inference pairs/s and peak memory")
     parser.add_argument("--setting", choices=list(SETTINGS), default="fp32", help="the --backbones table's setting")
     args = parser.parse_args(argv)
     recipe = args.pairing == "batch" or args.gallery
     args.input_shape = args.input_shape or ([64, 64] if recipe else [105, 105])
-    args.batch_size = args.batch_size or (64 if args.pairing == "batch" else 32)
+    args.batch_size = args.batch_size or (64 if args.pairing == "batch" else 8 if args.quick else 32)
     if args.quick:
         args.steps, args.loader_images = min(args.steps, 2), min(args.loader_images, 256)
     return args
@@ -283,12 +284,13 @@ def print_backbone_table(backbones, setting, batch, input_shape, steps, device):
 
 
 @torch.inference_mode()
-def time_oneshot_task(paths, labels, input_shape, way, repeats, device, batch_size=64):
+def time_oneshot_task(paths, labels, input_shape, way, repeats, device, batch_size=64, full_network=True):
     """Seconds for one `way`-way task (each of `way` queries against `way` candidates, one per class).
 
     Three ways, images preprocessed beforehand in all: `cached` (the head alone on the way*way
     pairs, embeddings cached, as evaluation and gallery search do), `embed_once` (embed the 2*way
-    images once, then the head) and `full_network` (every pair through backbone and head).
+    images once, then the head) and `full_network` (every pair through backbone and head; None unless
+    `full_network`).
     """
     by_class = [rows for rows in indices_by_class(labels).values() if len(rows) >= 2][:way]
     if len(by_class) < way:
@@ -312,7 +314,7 @@ def time_oneshot_task(paths, labels, input_shape, way, repeats, device, batch_si
         "pairs": len(query_rows),
         "cached": best_seconds(lambda: head(embeddings), repeats, device),
         "embed_once": best_seconds(lambda: head(embed_all()), repeats, device),
-        "full_network": best_seconds(full, repeats, device),
+        "full_network": best_seconds(full, repeats, device) if full_network else None,
     }
 
 
@@ -441,13 +443,15 @@ def bench_items(args, paths, labels, class_names, device):
     demand = 2 * max(r["train"] for r in results.values())  # two images per pair
     print(f"DataLoader with {workers} workers: {supply:.0f} images/s; the fastest training setting uses {demand:.0f} "
           f"images/s ({'keeps up' if supply >= demand else 'the loader is the bottleneck'})")
-    times = time_oneshot_task(paths, labels, args.input_shape, args.way, args.steps, device)
+    times = time_oneshot_task(paths, labels, args.input_shape, args.way, args.steps, device,
+                              full_network=not args.quick)
+    full = times["full_network"]
     print(f"one {args.way}-way task ({times['pairs']} pairs, fp32, images preprocessed): "
           f"cached embeddings, head only {times['cached'] * 1000:.2f} ms; "
           f"embed the {2 * args.way} images once + head {times['embed_once'] * 1000:.1f} ms; "
-          f"every pair through the network {times['full_network'] * 1000:.0f} ms "
-          f"({times['full_network'] / times['embed_once']:.1f}x and "
-          f"{times['full_network'] / times['cached']:.0f}x slower)")
+          + ("every pair through the network: not timed with --quick" if full is None else
+             f"every pair through the network {full * 1000:.0f} ms ({full / times['embed_once']:.1f}x and "
+             f"{full / times['cached']:.0f}x slower)"))
 
 
 def main(args):

@@ -17,4 +17,4 @@ augmentation = "strokes"
 class_rotations = True
 loss = "bce_ranking"
 num_workers = 0  # on 2 CPU cores loading in the main process is fastest; with a GPU, use workers
-Epoch = 60
+Epoch = 60  # about 23 minutes on a 2-core AVX2 CPU in fp32; more epochs do not pay here (docs/results.md)

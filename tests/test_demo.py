@@ -1,11 +1,12 @@
 """A reduced `python train.py --demo`: builds a small glyph set, trains, evaluates and draws its figure."""
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import direct_probability
+from helpers import ROOT, direct_probability, run
 from PIL import Image
 
 import train
@@ -31,11 +32,12 @@ def two_alphabet_glyphs(out, max_characters):
 
 
 @pytest.mark.slow
-def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
+def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["train.py"])
     monkeypatch.setattr(demo, "make_glyphs", two_alphabet_glyphs)
     data, logs, figure = tmp_path / "glyphs", tmp_path / "logs", tmp_path / "demo_predictions.png"
-    argv = ["--dataset_path", str(data), "--save_dir", str(logs), "--Cuda", "False",
+    # Cuda left at its default (True: a GPU when there is one), as a user runs the demo on a machine without one
+    argv = ["--dataset_path", str(data), "--save_dir", str(logs),
             "--batch_size", "4", "--images_per_class", "2", "--Epoch", "1", "--train_ratio", "0.5"]
     result = demo.run_demo(argv, max_characters=2, figure_path=str(figure), way=2, trials=10)
 
@@ -51,3 +53,13 @@ def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch):
         assert abs(float(expected) - reported) < 1e-3
     with Image.open(figure) as image:
         assert image.format == "PNG" and image.width > 200 and image.height > 200
+    # the commands it prints next work as printed, from a folder holding img/ (the gallery's figure lands there)
+    printed = capsys.readouterr().out.split("Try next")[1].splitlines()[1:]
+    assert [line.strip() for line in printed] == demo.next_commands(str(logs / "best_epoch_weights.pth"),
+                                                                   str(data / "images_evaluation"), way=2)
+    shutil.copytree(ROOT / "img", tmp_path / "img")
+    for command in printed:
+        _, script, *args = shlex.split(command)
+        result = run(script, *args, cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
+    assert (tmp_path / "matches.png").is_file()

@@ -49,20 +49,26 @@ def test_class_batches_mix_alphabets_with_any_negatives(listed):
     assert any(mixed)
 
 
+def transforms_drawn(batches, paths, labels, draws):
+    """The transforms (turns, mirrors) `draws` batches used, checking each drawn label is its class's plus the
+    transform times the class count, and that a batch is one transform, so its negatives stay within it."""
+    stride = max(labels) + 1
+    label_of = dict(zip(paths, labels))
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(draws):
+        drawn, transforms, drawn_labels = batches.sample_batch(rng)
+        assert [label_of[p] + t * stride for p, t in zip(drawn, transforms)] == drawn_labels
+        assert len(set(transforms)) == 1
+        seen |= set(transforms)
+    return seen
+
+
 def test_class_rotations_turn_whole_classes_into_new_classes(listed):
     paths, labels, groups = listed
     batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
                            groups=groups, negatives="same_group", class_rotations=True)
-    stride = max(labels) + 1
-    label_of = dict(zip(paths, labels))
-    rng = random.Random(0)
-    seen_turns = set()
-    for _ in range(40):
-        drawn, turns, drawn_labels = batches.sample_batch(rng)
-        assert [label_of[p] + k * stride for p, k in zip(drawn, turns)] == drawn_labels
-        assert len(set(turns)) == 1  # a batch is one alphabet at one turn, so its negatives stay within it
-        seen_turns |= set(turns)
-    assert seen_turns == {0, 1, 2, 3}
+    assert transforms_drawn(batches, paths, labels, draws=40) == {0, 1, 2, 3}
     drawn, turns, _ = batches.sample_batch(batches.generators(1)[0])
     images, _ = batches[1]  # the batch of step 1 is the one its generator draws
     upright = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none")
@@ -218,16 +224,7 @@ def test_class_mirrors_make_each_class_and_each_turn_mirrored_a_class_of_its_own
     paths, labels, groups = listed
     batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
                            groups=groups, negatives="same_group", class_rotations=True, class_mirrors=True)
-    stride = max(labels) + 1
-    label_of = dict(zip(paths, labels))
-    rng = random.Random(0)
-    seen = set()
-    for _ in range(80):
-        drawn, transforms, drawn_labels = batches.sample_batch(rng)
-        assert [label_of[p] + t * stride for p, t in zip(drawn, transforms)] == drawn_labels
-        assert len(set(transforms)) == 1
-        seen |= set(transforms)
-    assert seen == set(range(8))  # 4 turns, each also mirrored
+    assert transforms_drawn(batches, paths, labels, draws=80) == set(range(8))  # 4 turns, each also mirrored
     step = next(s for s in range(50) if batches.sample_batch(batches.generators(s)[0])[1][0] == 5)
     drawn, transforms, _ = batches.sample_batch(batches.generators(step)[0])
     upright = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none")

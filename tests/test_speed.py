@@ -148,7 +148,18 @@ def test_bench_quick_prints_every_figure(omniglot_subset):
                      rf"{NUMBER}% of it", out)
     assert peak and 0 < float(peak.group(5)) <= 100 * 1.5, out  # a step's FLOPs over the measured peak
     assert re.search(rf"DataLoader with 1 workers: {NUMBER} images/s", out), out
-    assert re.search(rf"one 5-way task \(25 pairs, .*head only {NUMBER} ms; .*network {NUMBER} ms", out), out
+    assert re.search(rf"one 5-way task \(25 pairs, .*head only {NUMBER} ms; .*once \+ head {NUMBER} ms; "
+                     rf"every pair through the network: not timed with --quick", out), out
+
+
+def test_the_one_shot_task_is_timed_three_ways_and_the_full_network_is_the_slowest(omniglot_subset):
+    import bench
+
+    paths, labels, _, _ = list_images(omniglot_subset)
+    times = bench.time_oneshot_task(paths, labels, [32, 32], way=3, repeats=1, device=torch.device("cpu"))
+    assert times["pairs"] == 9 and 0 < times["cached"] < times["full_network"]
+    assert bench.time_oneshot_task(paths, labels, [32, 32], 3, 1, torch.device("cpu"), full_network=False)[
+        "full_network"] is None
 
 
 def test_bench_times_the_recipes_step_and_skips_what_this_cpu_emulates(omniglot_subset):

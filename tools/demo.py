@@ -51,7 +51,7 @@ def report(config, figure_path=FIGURE_PATH, way=20, trials=400):
     `different_score`, the similarities of the two drawn pairs.
     """
     weights = os.path.join(config.save_dir, "best_epoch_weights.pth")
-    predictor = Siamese(model_path=weights, cuda=config.Cuda, verbose=False)  # the rest from its settings file
+    predictor = Siamese(model_path=weights, cuda=config.device.type == "cuda", verbose=False)  # the rest: its settings
     evaluation = os.path.join(config.dataset_path, "images_evaluation")
     result = evaluate_folder(predictor, evaluation, way=way, shot=1, trials=trials, within_alphabet=True, seed=0)
     same, different = example_pairs(evaluation)
@@ -62,16 +62,16 @@ def report(config, figure_path=FIGURE_PATH, way=20, trials=400):
           f"{result['accuracy']:.1%} +- {result['ci95']:.1%} (chance {result['chance']:.1%})")
     print(f"Same pair {scores[0]:.3f}, different pair {scores[1]:.3f}: {figure_path}; weights {weights}")
     print("Try next (the weights' settings file gives their input size and threshold):")
-    for command in next_commands(weights, evaluation):
+    for command in next_commands(weights, evaluation, way):
         print(f"  {command}")
     return result
 
 
-def next_commands(weights, evaluation):
+def next_commands(weights, evaluation, way=20):
     """The commands that use the demo's weights next: two drawings of img/ (Hebrew, a script the demo never trains
-    on), a gallery search of an unseen script for one of them, and the one-shot evaluation."""
+    on), a gallery search of an unseen script for one of them, and the demo's `way`-way one-shot evaluation."""
     hebrew = os.path.join(evaluation, "Hebrew")
     gallery = hebrew if os.path.isdir(hebrew) else os.path.join(evaluation, sorted(os.listdir(evaluation))[0])
     return [f"python predict.py img/alef_1.png img/alef_2.png --model_path {weights}",
             f"python predict.py --gallery {gallery} img/alef_1.png --top 5 --model_path {weights} --save matches.png",
-            f"python eval_oneshot.py --dataset {evaluation} --within_alphabet True --model_path {weights}"]
+            f"python eval_oneshot.py --dataset {evaluation} --way {way} --within_alphabet True --model_path {weights}"]

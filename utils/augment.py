@@ -97,6 +97,7 @@ class StrokeWidth(torch.nn.Module):
         return (-F.max_pool2d(-pixels, 3, 1, 1))[0].to(torch.uint8)
 
 
+# Not torchvision's ElasticTransform: its smoothness (sigma) is in pixels, a grid's cells are fractions of the drawing
 class Elastic(torch.nn.Module):
     """A smooth random warp, as a hand draws a character differently each time: every pixel moves by a field
     interpolated (bicubic) from random shifts of up to `fraction` of the side on a `cells` x `cells` grid; the
