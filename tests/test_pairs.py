@@ -92,8 +92,10 @@ def test_scores_match_similarity_and_labels_give_the_printed_auc(folder, weights
     scored = [row for row in LABELLED if "missing" not in row[1] and "broken" not in row[0]]
     reference = [predictor.similarity(folder / a, folder / b) for a, b, _ in scored]
     labels = [int(label) for _, _, label in scored]
-    middle = sorted(reference)[len(reference) // 2 - 1:len(reference) // 2 + 1]
-    threshold = sum(middle) / 2  # halfway between two scores: no rounding moves a pair across it
+    ordered = sorted(reference)
+    gap, low = max((high - low, low) for low, high in zip(ordered, ordered[1:]))
+    threshold = low + gap / 2  # inside the widest gap between two scores: no rounding moves a pair across it
+    assert gap > 1e-3, ordered  # untrained weights still tell these drawings apart by more than rounding
     result = run("predict.py", "--pairs", pairs, "--model_path", weights, *MODEL, "--threshold", threshold,
                  timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-2000:]
