@@ -1,4 +1,6 @@
 """The predictor: loads trained weights and scores how similar two images are."""
+import sys
+
 import torch
 from tqdm import tqdm
 
@@ -40,8 +42,7 @@ class Siamese:
         self.input_shape = list(self.settings["input_shape"][0])
         self.letterbox_image = self.settings["letterbox_image"][0]
         self.threshold, self.tta = self.settings["threshold"][0], int(self.settings["tta"][0])
-        cuda = self.settings["cuda"][0]
-        self.device = torch.device("cuda" if (torch.cuda.is_available() if cuda is None else cuda) else "cpu")
+        self.device = choose_device(self.settings["cuda"][0])
         backbone = recorded.get("backbone") or backbone_of(state)
         check_input_shape(self.input_shape, backbone)
         check_feature_count(state, self.input_shape, backbone, self.model_path)
@@ -223,6 +224,14 @@ def check_feature_count(state, input_shape, backbone, path):
                            f"gives {expected}: pass the input_shape the weights were trained at")
 
 
+def choose_device(cuda):
+    """`cuda` None or True: the GPU when there is one (True without one says so on stderr, as training does), else the
+    CPU; False: the CPU. Returns the torch.device."""
+    if cuda and not torch.cuda.is_available():
+        print("Note: cuda True but no GPU is available here; using the CPU", file=sys.stderr)
+    return torch.device("cuda" if cuda is not False and torch.cuda.is_available() else "cpu")
+
+
 def add_predictor_args(parser):
     """Add the predictor's settings (--model_path, --input_shape, --letterbox_image, --cuda) to an argparse parser.
 
@@ -237,7 +246,7 @@ def add_predictor_args(parser):
                         help="keep aspect ratio with grey padding instead of resize + centre crop (default: from "
                              "the settings file, else False)")
     parser.add_argument("--cuda", type=parse_bool, default=None, metavar="True|False",
-                        help="use the GPU (default: when there is one)")
+                        help="use the GPU (default: when there is one; True without one: the CPU, with a note)")
     parser.add_argument("--tta", type=int, default=None, choices=range(9), metavar="0-8",
                         help="also embed each image shifted this many ways and average the embeddings (default 0)")
 

@@ -72,6 +72,14 @@ def test_predict_prints_a_probability_and_exits(original_weights, two_glyphs, tm
     assert out.is_file()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without a GPU")
+def test_cuda_true_without_a_gpu_scores_on_the_cpu_and_says_so(original_weights, two_glyphs):
+    result = run_predict(*two_glyphs, "--model_path", original_weights, "--input_shape", *SHAPE, "--cuda", "True")
+    assert result.returncode == 0, result.stderr
+    assert "no GPU is available here; using the CPU" in result.stderr
+    assert result.stdout.strip().splitlines()[-1].split(" ", 1)[1].startswith(("same", "different"))
+
+
 def test_interactive_loop_survives_a_bad_path(original_weights, two_glyphs, tmp_path):
     first, second = two_glyphs
     lines = [str(tmp_path / "missing.png"), str(first), str(tmp_path), str(second), str(second), str(first)]
