@@ -1,4 +1,5 @@
 """Class batches scored on every pair, balanced pair weights, and the per-epoch one-shot check."""
+import math
 import random
 
 import pytest
@@ -9,10 +10,10 @@ from helpers import TRAIN, make_subset, run
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
 from utils.dataloader import ClassBatch, ClassBatches, class_groups, list_images
-from utils.engine import score_batch
+from utils.engine import score_batch, step_loss
 from utils.history import LossHistory
 from utils.images import load_image
-from utils.losses import balanced_weights, ranking_loss
+from utils.losses import balanced_weights, pair_bce, ranking_loss
 from utils.oneshot import evaluate_split
 
 
@@ -102,6 +103,26 @@ def test_balanced_weights_give_positives_and_negatives_half_each():
     assert loss.item() == pytest.approx(0.5 * each[targets == 1].mean().item() + 0.5 * each[targets == 0].mean().item())
     balanced = torch.tensor([1.0, 0.0] * 4)  # pair items: the plain mean, as before
     assert torch.allclose(balanced_weights(balanced), torch.full((8,), 1 / 8))
+
+
+def test_label_smoothing_moves_the_bce_targets_and_stops_at_a_finite_logit():
+    targets = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    smoothed, weights = pair_bce(logits, targets, 0.2)
+    by_hand = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.9, 0.1, 0.1, 0.1]), weights, reduction="sum")
+    torch.testing.assert_close(smoothed, by_hand)
+    torch.testing.assert_close(pair_bce(logits, targets, 0.0)[0], pair_bce(logits, targets)[0])
+    sure = torch.tensor([math.log(9.0), -math.log(9.0), -math.log(9.0), -math.log(9.0)], requires_grad=True)
+    pair_bce(sure, targets, 0.2)[0].backward()  # sigmoid(+-ln 9) = 0.9 / 0.1: the smoothed targets themselves
+    assert sure.grad.abs().max().item() < 1e-6
+
+
+def test_step_loss_smooths_what_is_minimised_and_reports_the_plain_bce():
+    targets = torch.tensor([1.0, 0.0, 0.0])
+    logits = torch.tensor([8.0, -8.0, -8.0])
+    total, bce, _ = step_loss(logits, targets, None, None, False, smoothing=0.1)
+    assert bce.item() < 1e-3 < total.item()  # near-certain logits: no BCE left, but smoothing pulls them back
+    torch.testing.assert_close(bce, pair_bce(logits, targets)[0])
 
 
 def test_ranking_loss_is_the_one_shot_softmax_over_each_images_positive_and_negatives():

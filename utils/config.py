@@ -147,6 +147,8 @@ def count_problem(c):
 
 def rate_problem(c):
     """Learning-rate and optimiser settings that cannot work, in one line; or None."""
+    if not 0 <= c.label_smoothing < 1:
+        return f"label_smoothing {c.label_smoothing} must be in [0, 1) (0: hard targets)"
     if not 0 <= c.ema_decay < 1:
         return f"ema_decay {c.ema_decay} must be in [0, 1) (0: no average)"
     if c.Init_lr <= 0 or (c.Min_lr != "auto" and c.Min_lr < 0):

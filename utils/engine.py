@@ -71,24 +71,28 @@ class Meter:
         return {"loss": loss / max(steps, 1), "acc": correct / max(steps, 1)}
 
 
-def step_loss(logits, targets, pairs, labels, ranking):
+def step_loss(logits, targets, pairs, labels, ranking, smoothing=0.0):
     """(loss to minimise, the BCE, weighted correct pairs) of one step's scored pairs; `ranking` adds
-    `ranking_loss` for class batches. The BCE alone is what the epoch reports, comparable across runs."""
+    `ranking_loss` for class batches, `smoothing` softens the minimised BCE's targets. The plain BCE is what the
+    epoch reports, comparable across runs."""
     bce, weights = pair_bce(logits, targets)
     correct = (weights * ((logits.detach() > 0) == (targets > 0.5))).sum()
-    total = bce + ranking_loss(logits, labels, pairs) if ranking and pairs is not None else bce
+    total = pair_bce(logits, targets, smoothing)[0] if smoothing else bce
+    if ranking and pairs is not None:
+        total = total + ranking_loss(logits, labels, pairs)
     return total, bce, correct
 
 
 def train_one_epoch(model, loader, optimizer, scaler, device, meter, *, amp_dtype=None, channels_last=False,
-                    ranking=False, desc="", lr=None, show=True, log_interval=10, check_learning_at=None,
+                    ranking=False, smoothing=0.0, desc="", lr=None, show=True, log_interval=10, check_learning_at=None,
                     after_step=None, average=None):
     """Train over `loader` (its sampler set to the epoch and first step), adding each step to `meter`.
 
     The host reads the sums, and every rank checks they are finite, only every `log_interval` steps and at the
     end. At the first reading from step `check_learning_at` on, a warning says when the last steps look like no
     learning. `after_step(step, meter)`, called after each step with the steps done in the epoch, returns True
-    to stop the epoch there. `average` (a torch.optim.swa_utils.AveragedModel) is updated after every step.
+    to stop the epoch there. `average` (a torch.optim.swa_utils.AveragedModel) is updated after every step;
+    `ranking` and `smoothing` are `step_loss`'s.
     Returns True when the epoch ran to its end, False when `after_step` stopped it.
     Raises NonFiniteLoss when the loss became NaN or inf.
     """
@@ -101,7 +105,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, meter, *, amp_dtyp
         with autocast(device, amp_dtype):
             logits, targets, pairs = score_batch(model, batch, device, channels_last)
         labels = batch.labels.to(device) if pairs is not None else None
-        total, bce, correct = step_loss(logits, targets, pairs, labels, ranking)
+        total, bce, correct = step_loss(logits, targets, pairs, labels, ranking, smoothing)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.step(optimizer)

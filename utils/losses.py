@@ -16,11 +16,12 @@ def balanced_weights(targets):
     return torch.where(targets > 0.5, 0.5 / positives.clamp(min=1), 0.5 / negatives.clamp(min=1))
 
 
-def pair_bce(logits, targets):
+def pair_bce(logits, targets, smoothing=0.0):
     """(BCE with positives and negatives weighted half each, the weights): the head's loss and what its accuracy
-    is weighted by."""
+    is weighted by. `smoothing` s moves the targets to 1 - s/2 and s/2, so no pair is pushed to certainty."""
     weights = balanced_weights(targets)
-    return F.binary_cross_entropy_with_logits(logits.float(), targets, weights, reduction="sum"), weights
+    soft = targets * (1 - smoothing) + smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits.float(), soft, weights, reduction="sum"), weights
 
 
 def ranking_loss(logits, labels, pairs):
