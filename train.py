@@ -51,6 +51,7 @@ negatives = "any"  # negative pairs: "any" other class (the original) or "same_g
 pairing = "items"  # "items": each item a positive and a negative pair (the original); "batch": see images_per_class
 images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
 loss = "bce"  # "bce": the head's pair probabilities (the original); "bce_ranking": plus a one-shot softmax (README)
+feature_dropout = 0.0  # training only: zero this share of each pair's |f1 - f2| before the head (a regulariser)
 label_smoothing = 0.0  # BCE targets 1 - s/2 and s/2 instead of 1 and 0: similarities less sure of themselves
 class_rotations = False  # pairing "batch": each class turned 90/180/270 degrees is 3 more classes (for drawings)
 class_mirrors = False  # pairing "batch": each class (and each turn of it) mirrored is one more class (for drawings)
@@ -280,7 +281,7 @@ def warn_if_short(c, steps, say):
 
 def build_model(c, say):
     """The Siamese network of config `c` on its device, from ImageNet or `model_path` weights as asked."""
-    model = SiameseNetwork(c.input_shape, c.backbone)
+    model = SiameseNetwork(c.input_shape, c.backbone, c.feature_dropout)
     if c.pretrained and not c.model_path and not c.resume:
         url = IMAGENET_WEIGHTS_URLS[c.backbone]
         try:

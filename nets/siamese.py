@@ -1,5 +1,6 @@
 """The Siamese network: a shared backbone (VGG16 by default) and a head on |f1 - f2|."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nets.backbones import MobileNetBackbone, ResNetBackbone
@@ -68,9 +69,10 @@ class SiameseNetwork(nn.Module):
     "vgg16_bn" adds batch norms (other feature indices, so those weights are ours alone); torchvision's
     "resnet18", "resnet50" and "mobilenet_v3_large" sit under an attribute of their own name
     (`resnet18.layer1.0.conv1.weight`, ...). `encoder` is the backbone module whichever it is.
+    `feature_dropout` zeroes that share of each pair's |f1 - f2| in training mode only; it holds no weights.
     """
 
-    def __init__(self, input_shape=(105, 105), backbone="vgg16"):
+    def __init__(self, input_shape=(105, 105), backbone="vgg16", feature_dropout=0.0):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -79,6 +81,7 @@ class SiameseNetwork(nn.Module):
         self.add_module(module_name(backbone), make_backbone(backbone))
         self.fully_connect1 = nn.Linear(flat_features(input_shape, backbone), 512)
         self.fully_connect2 = nn.Linear(512, 1)
+        self.feature_dropout = feature_dropout
 
     @property
     def encoder(self):
@@ -99,7 +102,10 @@ class SiameseNetwork(nn.Module):
     def score(self, emb1, emb2):
         """Two (N, flat) embeddings -> (N, 1) logits; the head alone, no backbone."""
         w, b = self.head()
-        return torch.addmm(b, torch.abs(emb1 - emb2), w)
+        difference = torch.abs(emb1 - emb2)
+        if self.training and self.feature_dropout:
+            difference = F.dropout(difference, self.feature_dropout)
+        return torch.addmm(b, difference, w)
 
     def forward(self, images1, images2=None, pairs=None):
         """Two (N, 3, H, W) batches -> (N, 1) logits of the pairs (images1[i], images2[i]); both go through

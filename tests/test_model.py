@@ -109,3 +109,19 @@ def test_scoring_pairs_costs_about_two_flops_per_feature_not_a_thousand():
         net.score(emb1, emb2)
     # the pairs' matrix-vector product plus multiplying the two layers out once; the two-layer form: 2 * P * F * 512
     assert counter.get_total_flops() <= 2 * pairs * flat + 2 * 512 * flat + 2 * 512
+
+
+def test_feature_dropout_drops_that_share_of_the_difference_in_training_only():
+    torch.manual_seed(0)
+    net = SiameseNetwork((32, 32), "resnet18", feature_dropout=0.25)
+    assert set(net.state_dict()) == set(SiameseNetwork((32, 32), "resnet18").state_dict())  # no weights of its own
+    with torch.no_grad():  # the head then sums the difference's features: the logit counts the ones kept
+        net.fully_connect1.weight.copy_(torch.eye(512))
+        net.fully_connect1.bias.zero_()
+        net.fully_connect2.weight.fill_(1.0)
+        net.fully_connect2.bias.zero_()
+    emb1, emb2 = torch.ones(400, 512), torch.zeros(400, 512)
+    kept = net.train().score(emb1, emb2) * (1 - 0.25)  # dropout scales what it keeps by 1 / (1 - p)
+    assert torch.allclose(kept, kept.round(), atol=1e-3)
+    assert abs(kept.mean().item() / 512 - 0.75) < 0.01 and kept.std().item() > 1  # each pair its own mask
+    torch.testing.assert_close(net.eval().score(emb1, emb2), torch.full((400, 1), 512.0))

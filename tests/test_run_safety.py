@@ -138,6 +138,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_file(finishe
     (["--best_by", "oneshot", "--split_by", "image"], "best_by oneshot needs split_by class"),
     (["--oneshot_way", "1"], "oneshot_way must be 0 (off) or at least 2"),
     (["--label_smoothing", "1"], "label_smoothing 1.0 must be in [0, 1)"),
+    (["--feature_dropout", "-0.1"], "feature_dropout -0.1 must be in [0, 1)"),
 ])
 def test_settings_that_cannot_work_stop_before_any_work(args, message, capsys, monkeypatch):
     for name in ("RANK", "WORLD_SIZE"):

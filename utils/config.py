@@ -147,6 +147,8 @@ def count_problem(c):
 
 def rate_problem(c):
     """Learning-rate and optimiser settings that cannot work, in one line; or None."""
+    if not 0 <= c.feature_dropout < 1:
+        return f"feature_dropout {c.feature_dropout} must be in [0, 1) (0: off)"
     if not 0 <= c.label_smoothing < 1:
         return f"label_smoothing {c.label_smoothing} must be in [0, 1) (0: hard targets)"
     if not 0 <= c.ema_decay < 1:
