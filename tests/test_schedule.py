@@ -65,3 +65,30 @@ def test_optimizers_follow_the_original():
     assert adam.defaults["weight_decay"] == 5e-4
     sgd = make_optimizer(params, "sgd", 1e-2, 0.9, 5e-4)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("optimizer_type, reference", [
+    ("adam", lambda params: torch.optim.Adam(params, 1e-3, betas=(0.9, 0.999), weight_decay=5e-4, foreach=False)),
+    ("sgd", lambda params: torch.optim.SGD(params, 1e-2, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                           foreach=False)),
+])
+def test_the_fused_cpu_optimiser_makes_the_per_tensor_loops_updates(optimizer_type, reference):
+    torch.manual_seed(0)
+    shapes = [(64, 3, 7, 7), (64,), (512, 2048), (1, 512)]
+    ours, theirs = ([torch.nn.Parameter(torch.randn(shape)) for shape in shapes] for _ in range(2))
+    for a, b in zip(ours, theirs):
+        b.data.copy_(a.data)
+    fused = make_optimizer(ours, optimizer_type, 1e-3 if optimizer_type == "adam" else 1e-2, 0.9, 5e-4)
+    assert fused.defaults["fused"]
+    looped = reference(theirs)
+    for _ in range(5):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        looped.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    restored = make_optimizer(theirs, optimizer_type, 1e-3, 0.9, 5e-4)  # a resumed run reads the state back
+    restored.load_state_dict(fused.state_dict())
+    restored.step()
