@@ -1,8 +1,7 @@
 """The demo (python train.py --demo): the embedded glyph set, from scratch, in minutes on a CPU.
 
 Every pair of a batch of 16 characters of one script is scored, each character also turned by quarter turns as
-3 more characters and each of those mirrored as 4 more, with small stroke distortions and the one-shot ranking
-term; ResNet18 at 32x32.
+3 more characters, with small stroke distortions and the one-shot ranking term; ResNet18 at 32x32.
 """
 dataset_path = "dataset/glyphs"
 save_dir = "logs/demo"
@@ -17,7 +16,6 @@ pairing = "batch"
 batch_size = 64
 images_per_class = 4
 class_rotations = True
-class_mirrors = True
 negatives = "same_group"
 augmentation = "strokes"
 loss = "bce_ranking"
