@@ -17,5 +17,5 @@ augmentation = "strokes"
 class_rotations = True
 class_mirrors = True  # 976 training classes from small1's 122 characters: +4 points on unseen alphabets
 loss = "bce_ranking"
-num_workers = 0  # on 2 CPU cores loading in the main process is fastest; with a GPU, use workers
+num_workers = 0  # on 2 CPU cores the main process loads as fast as workers or faster; with a GPU, use workers
 Epoch = 60  # 23-33 min on a 2-core AVX-512 CPU limited to AVX2, fp32; more do not pay here (docs/results.md)

@@ -44,7 +44,7 @@ def make_optimizer(params, optimizer_type, lr, momentum, weight_decay):
     """Adam with betas (momentum, 0.999), or SGD with Nesterov momentum; both with weight decay.
 
     Fused where the parameters' device has the kernels: the same update in one pass over every tensor, where the
-    per-tensor loop took a fifth of the demo's CPU step (docs/results.md).
+    per-tensor loop took 14% of the demo's training time in a profile (docs/results.md).
     """
     params = list(params)
     fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
