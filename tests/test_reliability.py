@@ -254,7 +254,7 @@ def test_worker_errors_end_as_one_line_naming_the_file(tmp_path):
     (["--Epoch", "ten"], "argument --Epoch: invalid int value: 'ten'"),
     (["--input_shape", "16", "16"], "each side must be at least 32"),
     (["--Epoch", "-3"], "Epoch must be at least 1"),
-    (["--optimizer_type", "rmsprop"], "invalid choice: 'rmsprop' (choose from 'adam', 'sgd', 'auto')"),
+    (["--optimizer_type", "rmsprop"], "invalid choice: 'rmsprop' (choose from 'adam', 'adamw', 'sgd', 'auto')"),
     (["--lr_decay_type", "linear"], "invalid choice: 'linear' (choose from 'cos', 'step')"),
 ])
 def test_bad_arguments_give_one_message(args, message):

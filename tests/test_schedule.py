@@ -54,7 +54,7 @@ def test_step_schedule_ten_steps():
 def test_unknown_names_are_rejected():
     with pytest.raises(ValueError, match="cos, step"):
         lr_at_epoch(0, 0.1, 0.001, 10, "linear")
-    with pytest.raises(ValueError, match="adam, sgd"):
+    with pytest.raises(ValueError, match="adam, adamw, sgd"):
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], "rmsprop", 0.1, 0.9, 0)
 
 
@@ -67,8 +67,21 @@ def test_optimizers_follow_the_original():
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
 
 
+def test_adamw_decays_the_weights_apart_from_the_gradient_where_adam_adds_an_l2_gradient():
+    decayed = {}
+    for optimizer_type in ("adam", "adamw"):
+        weight = torch.nn.Parameter(torch.full((4,), 2.0))
+        optimizer = make_optimizer([weight], optimizer_type, 1e-3, 0.9, 1e-2)
+        weight.grad = torch.zeros_like(weight)
+        optimizer.step()
+        decayed[optimizer_type] = weight.detach()
+    torch.testing.assert_close(decayed["adamw"], torch.full((4,), 2.0 * (1 - 1e-3 * 1e-2)))
+    torch.testing.assert_close(decayed["adam"], torch.full((4,), 2.0 - 1e-3), atol=1e-6, rtol=0)  # a full Adam step
+
+
 @pytest.mark.parametrize("optimizer_type, reference", [
     ("adam", lambda params: torch.optim.Adam(params, 1e-3, betas=(0.9, 0.999), weight_decay=5e-4, foreach=False)),
+    ("adamw", lambda params: torch.optim.AdamW(params, 1e-3, betas=(0.9, 0.999), weight_decay=5e-4, foreach=False)),
     ("sgd", lambda params: torch.optim.SGD(params, 1e-2, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                            foreach=False)),
 ])
@@ -78,7 +91,7 @@ def test_the_fused_cpu_optimiser_makes_the_per_tensor_loops_updates(optimizer_ty
     ours, theirs = ([torch.nn.Parameter(torch.randn(shape)) for shape in shapes] for _ in range(2))
     for a, b in zip(ours, theirs):
         b.data.copy_(a.data)
-    fused = make_optimizer(ours, optimizer_type, 1e-3 if optimizer_type == "adam" else 1e-2, 0.9, 5e-4)
+    fused = make_optimizer(ours, optimizer_type, 1e-2 if optimizer_type == "sgd" else 1e-3, 0.9, 5e-4)
     assert fused.defaults["fused"]
     looped = reference(theirs)
     for _ in range(5):

@@ -83,6 +83,7 @@ def test_command_line_overrides_the_config_block():
     (["--pretrained", "False", "--weight_decay", "1e-4", "--augmentation", "affine"], "adam", 1e-4, "affine"),
     (["--pretrained", "False", "--optimizer_type", "sgd"], "sgd", 5e-4, "none"),
     (["--optimizer_type", "adam"], "adam", 0.0, "autoaugment"),
+    (["--pretrained", "False", "--optimizer_type", "adamw"], "adamw", 1e-2, "none"),  # torch's default decay
 ])
 def test_auto_settings_keep_the_original_from_weights_and_learn_from_scratch(args, optimizer, weight_decay,
                                                                              augmentation):

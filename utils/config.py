@@ -84,14 +84,14 @@ def resolve(c, given, checkpoint=None):
 
     From ImageNet or `model_path` weights, optimizer_type and augmentation are the original's sgd and autoaugment;
     from scratch adam and none. weight_decay follows the optimiser (Adam's L2 penalty is not decoupled, so 0 with
-    adam); Min_lr is Init_lr * 0.01; bf16 is on where the device does it natively, channels_last when a 16-bit
-    format is on.
+    adam; 1e-2, torch's default, with adamw); Min_lr is Init_lr * 0.01; bf16 is on where the device does it
+    natively, channels_last when a 16-bit format is on.
     """
     from_weights = c.pretrained or c.model_path
     decided = {
         "optimizer_type": lambda: "sgd" if from_weights else "adam",
         "augmentation": lambda: "autoaugment" if from_weights else "none",
-        "weight_decay": lambda: 5e-4 if c.optimizer_type == "sgd" else 0.0,
+        "weight_decay": lambda: {"sgd": 5e-4, "adamw": 1e-2}.get(c.optimizer_type, 0.0),
         "Min_lr": lambda: c.Init_lr * 0.01,
     }
     c.auto = {}

@@ -4,8 +4,8 @@ import math
 import torch
 
 NOMINAL_BATCH = 64
-LR_LIMITS = {"adam": (3e-4, 1e-3), "sgd": (5e-4, 1e-1)}  # (lo, hi) for the scaled lr
-MIN_STEPS = {"adam": 10_000, "sgd": 30_000}  # below this many steps training is probably too short
+LR_LIMITS = {"adam": (3e-4, 1e-3), "adamw": (3e-4, 1e-3), "sgd": (5e-4, 1e-1)}  # (lo, hi) for the scaled lr
+MIN_STEPS = {"adam": 10_000, "adamw": 10_000, "sgd": 30_000}  # below this many steps training is probably too short
 OPTIMIZERS = tuple(LR_LIMITS)
 SCHEDULES = ("cos", "step")
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam and SGD kernels
@@ -41,7 +41,8 @@ def lr_at_epoch(epoch, lr, min_lr, total, decay_type="cos"):
 
 
 def make_optimizer(params, optimizer_type, lr, momentum, weight_decay):
-    """Adam with betas (momentum, 0.999), or SGD with Nesterov momentum; both with weight decay.
+    """Adam with betas (momentum, 0.999) and an L2 penalty `weight_decay`, AdamW the same with the weights decayed
+    apart from the gradient, or SGD with Nesterov momentum and an L2 penalty.
 
     Fused where the parameters' device has the kernels: the same update in one pass over every tensor, where the
     per-tensor loop took 14% of the demo's training time in a profile (docs/results.md).
@@ -50,6 +51,8 @@ def make_optimizer(params, optimizer_type, lr, momentum, weight_decay):
     fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
     if optimizer_type == "adam":
         return torch.optim.Adam(params, lr, betas=(momentum, 0.999), weight_decay=weight_decay, fused=fused)
+    if optimizer_type == "adamw":
+        return torch.optim.AdamW(params, lr, betas=(momentum, 0.999), weight_decay=weight_decay, fused=fused)
     if optimizer_type == "sgd":
         return torch.optim.SGD(params, lr, momentum=momentum, nesterov=True, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer_type {optimizer_type!r}; choose one of {', '.join(OPTIMIZERS)}")
