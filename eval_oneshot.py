@@ -3,17 +3,23 @@
     python eval_oneshot.py --runs all_runs --model_path W.pth                   # Lake's 20 official runs
     python eval_oneshot.py --dataset dataset/images_evaluation --way 20 --shot 1 --trials 400 --within_alphabet True
     python eval_oneshot.py --verify --dataset DIR --pairs 2000 --save roc.png   # ROC AUC, where to cut, calibration
+    python eval_oneshot.py --verify --dataset DIR --pairs 2000 --calibrate OUT.pth   # calibrated copy of the weights
 The speed of a 20-way task (cached embeddings against every pair through the network) is in `python bench.py`.
 """
 import argparse
+import os
 import sys
+
+import numpy as np
 
 from siamese import add_predictor_args, assumed_size_note, check_predictor_args, predictor_from_args
 from utils.configurator import parse_bool
 from utils.errors import DataError, ImageError, SaveError, WeightsError, printable
 from utils.files import output_problem
 from utils.interrupts import exit_on_interrupt
+from utils.metrics import best_threshold, expected_calibration_error, platt_scaling
 from utils.oneshot import evaluate_folder, evaluate_runs, evaluate_verification
+from utils.weights import save_calibrated
 
 
 def parse_args(argv=None):
@@ -34,14 +40,20 @@ def parse_args(argv=None):
     parser.add_argument("--pairs", type=int, default=1000, help="labelled pairs for --verify (half same class)")
     parser.add_argument("--save", default="", help="with --verify: draw the ROC curve (the threshold marked) and the "
                         "reliability diagram to this image file")
+    parser.add_argument("--calibrate", default="", metavar="OUT.pth",
+                        help="with --verify: fit a scale and shift of the logits on these pairs and write the weights "
+                             "with them folded into the head (and its .json) to this file")
     args = parser.parse_args(argv)
     if args.verify and not args.dataset:
         parser.error("--verify needs --dataset")
-    if args.save and not args.verify:
-        parser.error("--save goes with --verify")
-    problem = args.save and output_problem(args.save, "--save")
+    if (args.save or args.calibrate) and not args.verify:
+        parser.error("--save and --calibrate go with --verify")
+    problem = (args.save and output_problem(args.save, "--save")) or (
+        args.calibrate and output_problem(args.calibrate, "--calibrate"))
     if problem:
         parser.error(printable(problem))
+    if args.calibrate and os.path.realpath(args.calibrate) == os.path.realpath(args.model_path):
+        parser.error("--calibrate names the weights being calibrated; name a new file")
     if min(args.way, args.shot, args.trials, args.pairs) < 1 or args.way < 2:
         parser.error("--way must be at least 2; --shot, --trials and --pairs at least 1")
     check_predictor_args(parser, args)
@@ -82,6 +94,21 @@ def report_verify(model, args):
 
         draw_verification(result["scores"], result["labels"], model.threshold, args.save)
         print(f"wrote {printable(args.save)}: ROC curve and reliability diagram")
+    if args.calibrate:
+        write_calibrated(model, args, result)
+
+
+def write_calibrated(model, args, result):
+    """Fit the calibration on the verified pairs, report it and write the calibrated copy of the weights."""
+    scale, shift = platt_scaling(result["logits"], result["labels"])
+    scores = 1 / (1 + np.exp(-(scale * result["logits"].astype(np.float64) + shift)))
+    threshold = best_threshold(scores, result["labels"])
+    save_calibrated(model.model_path, args.calibrate, scale, shift, threshold,
+                    {"dataset": args.dataset, "pairs": result["pairs"], "seed": args.seed, "tta": model.tta})
+    print(f"calibrated on these pairs: logit x {scale:.4f} {shift:+.4f}; expected calibration error "
+          f"{result['ece']:.4f} -> {expected_calibration_error(scores, result['labels']):.4f} here (check it on "
+          f"pairs of other classes), best threshold {threshold:.4f}")
+    print(f"wrote {printable(args.calibrate)} and its .json settings file")
 
 
 def main(argv=None):

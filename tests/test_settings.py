@@ -141,6 +141,43 @@ def test_verification_prints_the_calibration_error_and_draws_roc_and_reliability
         assert image.format == "PNG" and image.width > 1.6 * image.height  # two panels side by side
 
 
+def test_calibrate_writes_weights_whose_logits_are_the_fitted_scale_and_shift_of_the_originals(trained_run, tmp_path,
+                                                                                               capsys):
+    from utils.oneshot import evaluate_verification
+
+    data, logs = trained_run
+    folder, source, target = str(data / "images_background"), str(logs / "best_epoch_weights.pth"), tmp_path / "c.pth"
+    eval_oneshot.main(["--verify", "--dataset", folder, "--pairs", "300", "--model_path", source,
+                       "--calibrate", str(target)])
+    assert f"wrote {target}" in capsys.readouterr().out
+    settings = json.loads(target.with_suffix(".json").read_text())
+    fitted = settings["calibrated_on"]
+    assert fitted["dataset"] == folder and fitted["pairs"] == 300 and fitted["scale"] > 0
+    assert settings["backbone"] == "resnet18" and settings["input_shape"] == [32, 32]
+    before, after = (evaluate_verification(Siamese(model_path=path, cuda=False, verbose=False), folder, 300,
+                                           progress=False) for path in (source, str(target)))
+    torch.testing.assert_close(torch.from_numpy(after["logits"]).double(),
+                               fitted["scale"] * torch.from_numpy(before["logits"]).double() + fitted["shift"],
+                               atol=1e-4, rtol=1e-4)
+
+    def log_loss(logits, labels):
+        return np.mean(np.logaddexp(0, logits) - labels * logits)
+
+    assert log_loss(after["logits"], after["labels"]) <= log_loss(before["logits"], before["labels"]) + 1e-9
+    assert after["auc"] == pytest.approx(before["auc"], abs=1e-3)  # a positive scale keeps every ranking
+    assert settings["threshold"] == pytest.approx(after["best"]["threshold"])
+
+
+def test_calibrate_refuses_to_overwrite_the_weights_it_calibrates(trained_run, capsys):
+    data, logs = trained_run
+    source = str(logs / "best_epoch_weights.pth")
+    for extra in (["--verify", "--calibrate", source], ["--calibrate", str(logs / "other.pth")]):
+        with pytest.raises(SystemExit):
+            eval_oneshot.main(["--dataset", str(data / "images_background"), "--model_path", source] + extra)
+    assert "name a new file" in capsys.readouterr().err
+    assert not (logs / "other.pth").exists()
+
+
 def test_platt_scaling_recovers_a_known_calibration_and_folds_into_the_head():
     from nets.siamese import SiameseNetwork
     from utils.metrics import platt_scaling

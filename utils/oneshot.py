@@ -286,12 +286,13 @@ def verification_logits(predictor, paths, labels, pairs=1000, seed=0):
 
 def evaluate_verification(predictor, folder, pairs=1000, seed=0, own_data=None, progress=True, threshold=None):
     """Verification metrics of a predictor on `pairs` labelled pairs sampled from `folder` (`verification_metrics`,
-    with `threshold` the weights' recorded one), plus "scores" and "labels" of every pair for figures."""
+    with `threshold` the weights' recorded one), plus "scores", "logits" and "labels" of every pair."""
     paths, labels, _, _ = list_classes(folder, own_data)
     sampled = sample_verification_pairs(labels, pairs, seed)
     embeddings, row = embed_used(lambda images: predictor.embed(images, progress=progress), paths,
                                  [i for a, b, _ in sampled for i in (a, b)])
     first, second = (torch.tensor([row[pair[k]] for pair in sampled]) for k in (0, 1))
-    scores = predictor.score_pairs(embeddings[first], embeddings[second]).numpy()
-    truth = [label for _, _, label in sampled]
-    return {**verification_metrics(scores, truth, threshold), "scores": scores, "labels": np.asarray(truth)}
+    logits = predictor.score_pairs(embeddings[first], embeddings[second], logits=True)
+    scores, truth = torch.sigmoid(logits).numpy(), [label for _, _, label in sampled]
+    return {**verification_metrics(scores, truth, threshold), "scores": scores, "logits": logits.numpy(),
+            "labels": np.asarray(truth)}

@@ -10,7 +10,7 @@ from torchvision.models import (MobileNet_V3_Large_Weights, ResNet18_Weights, Re
 
 from nets.siamese import BACKBONES
 from utils.errors import WeightsError
-from utils.files import atomic_write
+from utils.files import atomic_save, atomic_write
 
 IMAGENET_WEIGHTS_URLS = {  # torchvision's IMAGENET1K_V1 files, kept in model_data/ under their own names
     "vgg16": VGG16_Weights.IMAGENET1K_V1.url,  # vgg16-397923af.pth
@@ -110,6 +110,19 @@ def fold_calibration(state, scale, shift):
     state["fully_connect2.weight"] = state["fully_connect2.weight"] * scale
     state["fully_connect2.bias"] = state["fully_connect2.bias"] * scale + shift
     return state
+
+
+def save_calibrated(source, target, scale, shift, threshold, fitted_on):
+    """Write `target` (.pth and its .json settings file) from the weights file `source`: its weights with the
+    calibration `scale * logit + shift` folded into the head (`fold_calibration`), its recorded settings kept but for
+    `threshold` (chosen on the calibrated scores), and `fitted_on` (where and on how many pairs) recorded."""
+    state, recorded, _ = read_weights(source)
+    json_path = settings_path(source)
+    settings = read_settings_file(json_path) if os.path.isfile(json_path) else dict(recorded)
+    settings.pop("version", None)
+    settings.update(threshold=threshold, calibrated_on={"scale": scale, "shift": shift, **fitted_on})
+    atomic_save(fold_calibration(state, scale, shift), target)
+    write_settings(target, settings)
 
 
 def shape_problem(own, state, path, backbone):
