@@ -19,7 +19,7 @@ from utils.files import output_problem
 from utils.interrupts import exit_on_interrupt
 from utils.metrics import best_threshold, expected_calibration_error, platt_scaling
 from utils.oneshot import evaluate_folder, evaluate_runs, evaluate_verification
-from utils.weights import save_calibrated
+from utils.weights import save_calibrated, settings_path
 
 
 def parse_args(argv=None):
@@ -52,12 +52,22 @@ def parse_args(argv=None):
         args.calibrate and output_problem(args.calibrate, "--calibrate"))
     if problem:
         parser.error(printable(problem))
-    if args.calibrate and os.path.realpath(args.calibrate) == os.path.realpath(args.model_path):
-        parser.error("--calibrate names the weights being calibrated; name a new file")
+    if args.calibrate:
+        check_calibrate_target(parser, args.calibrate, args.model_path)
     if min(args.way, args.shot, args.trials, args.pairs) < 1 or args.way < 2:
         parser.error("--way must be at least 2; --shot, --trials and --pairs at least 1")
     check_predictor_args(parser, args)
     return args
+
+
+def check_calibrate_target(parser, target, source):
+    """End with argparse's error when writing `target` and its settings file would replace `source` or its own."""
+    written = {os.path.realpath(path) for path in (target, settings_path(target))}
+    if written & {os.path.realpath(path) for path in (source, settings_path(source))}:
+        parser.error(f"--calibrate {printable(target)} would replace the weights being calibrated or their settings "
+                     f"file; name a new file")
+    if len(written) == 1:
+        parser.error(f"--calibrate {printable(target)} is a .json name; name the .pth file (its settings go beside it)")
 
 
 def report_runs(model, args):
@@ -103,8 +113,11 @@ def write_calibrated(model, args, result):
     scale, shift = platt_scaling(result["logits"], result["labels"])
     scores = 1 / (1 + np.exp(-(scale * result["logits"].astype(np.float64) + shift)))
     threshold = best_threshold(scores, result["labels"])
-    save_calibrated(model.model_path, args.calibrate, scale, shift, threshold,
-                    {"dataset": args.dataset, "pairs": result["pairs"], "seed": args.seed, "tta": model.tta})
+    fitted_on = {"scale": scale, "shift": shift, "dataset": args.dataset, "pairs": result["pairs"], "seed": args.seed,
+                 "tta": model.tta}
+    save_calibrated(model.model_path, args.calibrate, scale, shift,
+                    {"backbone": model.net.backbone, "input_shape": model.input_shape,
+                     "letterbox_image": model.letterbox_image, "threshold": threshold, "calibrated_on": fitted_on})
     print(f"calibrated on these pairs: logit x {scale:.4f} {shift:+.4f}; expected calibration error "
           f"{result['ece']:.4f} -> {expected_calibration_error(scores, result['labels']):.4f} here (check it on "
           f"pairs of other classes), best threshold {threshold:.4f}")

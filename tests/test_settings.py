@@ -23,7 +23,7 @@ def test_every_weights_file_has_its_settings_file_and_the_predictor_follows_it(t
     data, logs = trained_run
     for weights in logs.glob("*.pth"):
         settings = json.loads(weights.with_suffix(".json").read_text())
-        assert settings["backbone"] == "resnet18" and settings["input_shape"] == [32, 32]
+        assert settings["backbone"] == "resnet18" and settings["input_shape"] == [32, 32] and "trained_on" in settings
         assert settings["letterbox_image"] is False and 0 <= settings["threshold"] <= 1
         assert settings["trained_on"]["classes"] == 12 and settings["trained_on"]["split_by"] == "class"
         assert set(settings["calibration"]) == {"scale", "shift"} and settings["calibration"]["scale"] > 0
@@ -168,14 +168,31 @@ def test_calibrate_writes_weights_whose_logits_are_the_fitted_scale_and_shift_of
     assert settings["threshold"] == pytest.approx(after["best"]["threshold"])
 
 
-def test_calibrate_refuses_to_overwrite_the_weights_it_calibrates(trained_run, capsys):
+def test_calibrating_weights_without_a_settings_file_records_the_settings_it_scored_with(trained_run, tmp_path):
     data, logs = trained_run
-    source = str(logs / "best_epoch_weights.pth")
-    for extra in (["--verify", "--calibrate", source], ["--calibrate", str(logs / "other.pth")]):
-        with pytest.raises(SystemExit):
-            eval_oneshot.main(["--dataset", str(data / "images_background"), "--model_path", source] + extra)
-    assert "name a new file" in capsys.readouterr().err
-    assert not (logs / "other.pth").exists()
+    bare, target = tmp_path / "bare.pth", tmp_path / "calibrated.pth"
+    shutil.copy(logs / "best_epoch_weights.pth", bare)
+    eval_oneshot.main(["--verify", "--dataset", str(data / "images_background"), "--pairs", "100", "--model_path",
+                       str(bare), "--input_shape", "32", "32", "--calibrate", str(target)])
+    assert Siamese(model_path=str(target), cuda=False, verbose=False).input_shape == [32, 32]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--verify", "--calibrate", "{logs}/best_epoch_weights.pth"], "would replace the weights being calibrated"),
+    (["--verify", "--calibrate", "{logs}/best_epoch_weights.pt"], "would replace"),  # the same .json beside it
+    (["--verify", "--calibrate", "{logs}/new.json"], "is a .json name"),
+    (["--calibrate", "{logs}/new.pth"], "--calibrate go with --verify"),
+])
+def test_calibrate_refuses_a_target_that_would_replace_the_weights_or_a_settings_file(trained_run, capsys, extra,
+                                                                                      message):
+    data, logs = trained_run
+    before = {path.name: path.read_bytes() for path in logs.glob("best_epoch_weights.*")}
+    with pytest.raises(SystemExit):
+        eval_oneshot.main(["--dataset", str(data / "images_background"), "--model_path",
+                           str(logs / "best_epoch_weights.pth")] + [arg.format(logs=logs) for arg in extra])
+    assert message in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in logs.glob("best_epoch_weights.*")} == before
+    assert not list(logs.glob("new.*"))
 
 
 def test_platt_scaling_recovers_a_known_calibration_and_folds_into_the_head():

@@ -112,17 +112,17 @@ def fold_calibration(state, scale, shift):
     return state
 
 
-def save_calibrated(source, target, scale, shift, threshold, fitted_on):
+def save_calibrated(source, target, scale, shift, settings):
     """Write `target` (.pth and its .json settings file) from the weights file `source`: its weights with the
-    calibration `scale * logit + shift` folded into the head (`fold_calibration`), its recorded settings kept but for
-    `threshold` (chosen on the calibrated scores), and `fitted_on` (where and on how many pairs) recorded."""
+    calibration `scale * logit + shift` folded into the head (`fold_calibration`), and the settings file of `source`
+    (what it recorded, if anything) updated with `settings`: those the calibrated scores were computed with, the
+    threshold chosen on them, where they were fitted."""
     state, recorded, _ = read_weights(source)
     json_path = settings_path(source)
-    settings = read_settings_file(json_path) if os.path.isfile(json_path) else dict(recorded)
-    settings.pop("version", None)
-    settings.update(threshold=threshold, calibrated_on={"scale": scale, "shift": shift, **fitted_on})
+    kept = read_settings_file(json_path) if os.path.isfile(json_path) else dict(recorded)
+    kept.pop("version", None)
     atomic_save(fold_calibration(state, scale, shift), target)
-    write_settings(target, settings)
+    write_settings(target, {**kept, **settings})
 
 
 def shape_problem(own, state, path, backbone):
