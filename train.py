@@ -55,6 +55,7 @@ feature_dropout = 0.0  # training only: zero this share of each pair's |f1 - f2|
 label_smoothing = 0.0  # BCE targets 1 - s/2 and s/2 instead of 1 and 0: similarities less sure of themselves
 class_rotations = False  # pairing "batch": each class turned 90/180/270 degrees is 3 more classes (for drawings)
 class_mirrors = False  # pairing "batch": each class (and each turn of it) mirrored is one more class (for drawings)
+class_blends = 0.0  # pairing "batch": this share of a batch's classes are two characters drawn over each other
 backbone = "vgg16"  # vgg16 (the original's), vgg16_bn, resnet18 (fastest from scratch), resnet50, mobilenet_v3_large
 pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded

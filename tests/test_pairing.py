@@ -252,3 +252,55 @@ def test_class_mirrors_make_each_class_and_each_turn_mirrored_a_class_of_its_own
     plain = upright.transform([load_image(p, keep_grey=True) for p in drawn])
     for image, original in zip(batches[step].images, plain):  # mirrored, then turned once
         torch.testing.assert_close(image, torch.rot90(original.flip(-1), 1, dims=(1, 2)), atol=1, rtol=0)
+
+
+def test_class_blends_draw_two_characters_of_one_alphabet_over_each_other_as_a_new_class(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
+                           groups=groups, negatives="same_group", class_blends=0.5)
+    label_of, stride = dict(zip(paths, labels)), max(labels) + 1
+    rng, kinds = random.Random(0), set()
+    for _ in range(30):
+        drawn, _, drawn_labels = batches.sample_batch(rng)
+        assert all(drawn_labels.count(c) == 4 for c in set(drawn_labels))  # a blend is a whole class of 4 images
+        for path, label in zip(drawn, drawn_labels):
+            if isinstance(path, str):
+                assert label == label_of[path]
+                kinds.add("single")
+                continue
+            first, second = label_of[path[0]], label_of[path[1]]
+            assert first != second and groups[first] == groups[second]  # two characters of one alphabet
+            assert label == (1 + min(first, second)) * 8 * stride + max(first, second) >= 8 * stride
+            kinds.add("blend")
+        blend_sides = {}
+        for path, label in zip(drawn, drawn_labels):  # one blend's images all pair the same two characters
+            if not isinstance(path, str):
+                blend_sides.setdefault(label, set()).add(frozenset(label_of[p] for p in path))
+        assert all(len(sides) == 1 for sides in blend_sides.values())
+    assert kinds == {"single", "blend"}
+    every = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
+                         groups=groups, negatives="same_group", class_blends=1.0)
+    drawn, _, _ = every.sample_batch(every.generators(3)[0])
+    blended = [i for i, path in enumerate(drawn) if not isinstance(path, str)]
+    assert len(blended) >= 8  # every class a blend but where its blend is already in the batch
+    pairs = [drawn[i] for i in blended]
+    plain = every.transform([torch.minimum(*(load_image(p, keep_grey=True) for p in pair)) for pair in pairs])
+    torch.testing.assert_close(every[3].images[blended], plain, atol=0, rtol=0)  # the darker pixel of the two
+    first_alone = every.transform([load_image(a, keep_grey=True) for a, _ in pairs])
+    assert plain.float().mean() < first_alone.float().mean()  # the second character's strokes are really there
+
+
+def test_a_blend_of_a_grey_and_a_larger_colour_drawing_is_their_darker_pixels_at_the_first_ones_size(tmp_path):
+    from PIL import Image
+
+    from utils.dataloader import load_drawing
+    grey = Image.new("L", (20, 10), 255)
+    grey.paste(0, (2, 2, 6, 8))  # a dark bar at the left
+    colour = Image.new("RGB", (40, 20), (255, 255, 255))
+    colour.paste((0, 0, 0), (28, 4, 36, 16))  # a dark bar at the right, at twice the size
+    grey.save(tmp_path / "grey.png")
+    colour.save(tmp_path / "colour.png")
+    blend = load_drawing((str(tmp_path / "grey.png"), str(tmp_path / "colour.png")))
+    assert blend.shape == (3, 10, 20) and blend.dtype == torch.uint8
+    assert (blend[:, 3:7, 3:5] == 0).all() and (blend[:, 3:7, 15:17] == 0).all()  # both bars
+    assert (blend[:, :, 8:12] == 255).all()  # the white between them stays white

@@ -151,6 +151,8 @@ def rate_problem(c):
         return f"feature_dropout {c.feature_dropout} must be in [0, 1) (0: off)"
     if not 0 <= c.label_smoothing < 1:
         return f"label_smoothing {c.label_smoothing} must be in [0, 1) (0: hard targets)"
+    if not 0 <= c.class_blends <= 1:
+        return f"class_blends {c.class_blends} must be in [0, 1] (the share of a batch's classes that are blends; 0: off)"
     if not 0 <= c.ema_decay < 1:
         return f"ema_decay {c.ema_decay} must be in [0, 1) (0: no average)"
     if c.Init_lr <= 0 or (c.Min_lr != "auto" and c.Min_lr < 0):
@@ -170,6 +172,8 @@ def pairing_problem(c):
     for name in ("class_rotations", "class_mirrors"):
         if getattr(c, name) and c.pairing != "batch":
             return f"{name} needs pairing batch (the new classes it makes are drawn as whole classes)"
+    if c.class_blends and c.pairing != "batch":
+        return "class_blends needs pairing batch (the new classes it makes are drawn as whole classes)"
     if c.loss == "bce_ranking" and c.pairing != "batch":
         return "loss bce_ranking needs pairing batch (it ranks each image's classmates above a batch's other classes)"
     if c.oneshot_way < 0 or c.oneshot_way == 1:

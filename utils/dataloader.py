@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from utils.augment import BatchAutoAugment, PerImage, train_transform
 from utils.errors import ConfigError, DataError, ImageError
 from utils.files import warn_skipped
-from utils.images import eval_transform, is_image_file, load_image, verify_image
+from utils.images import eval_transform, is_image_file, load_image, resize, verify_image
 
 SPLITS = ("image", "class")
 NEGATIVES = ("any", "same_group")
@@ -257,15 +257,20 @@ class ClassBatches(StepBatches):
     `class_rotations` True adds each class turned by 90, 180 and 270 degrees as three new classes (in
     a group of their own per turn): a turned character is another character, four times the classes.
     `class_mirrors` True adds each class (and each turn of it) mirrored left to right, twice the classes again.
+    `class_blends` b makes each class of a batch, with probability b, a blend instead: that class drawn over another
+    of its group at the same transform (the darker pixel of the two, for dark strokes on a light ground), a new
+    character for every pair of characters; its images pair each image of one with a random image of the other.
     A step gives a `ClassBatch`: images uint8 (B, 3, H, W) and their class labels (B,) int64; a class under
-    transform t (turns + 4 * mirrored) is labelled label + t * (largest label + 1). `steps` defaults to about one
+    transform t (turns + 4 * mirrored) is labelled label + t * (largest label + 1), a blend of two such labels l1 < l2
+    (1 + l1) * 8 * (largest label + 1) + l2. `steps` defaults to about one
     pass over the images.
     """
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
                  groups=None, negatives="any", name="training", class_rotations=False, steps=None, seed=0,
-                 class_mirrors=False):
+                 class_mirrors=False, class_blends=0.0):
         super().__init__(max(1, len(paths) // batch_size) if steps is None else steps, seed)
+        self.class_blends = class_blends
         self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
         self.transform = batch_transform(input_shape, True, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
@@ -292,20 +297,41 @@ class ClassBatches(StepBatches):
 
     def sample_batch(self, rng):
         """Draw one batch with `rng` (a `random.Random`), grouped by class: (paths, the transform of each image
-        (quarter turns + 4 when mirrored), class labels)."""
+        (quarter turns + 4 when mirrored), class labels); a blended class's images are (path, path) tuples."""
         pool = rng.choices(self.pools, self.pool_weights)[0]
         paths, turns, labels = [], [], []
         for c, k in rng.sample(pool, min(self.classes_per_batch, len(pool))):
-            drawn = rng.sample(self.by_class[c], min(self.images_per_class, len(self.by_class[c])))
+            count = min(self.images_per_class, len(self.by_class[c]))
+            drawn = rng.sample(self.by_class[c], count)
+            label = c + k * self.turn_stride
+            if self.class_blends and rng.random() < self.class_blends:
+                partner = rng.choice([other for other, _ in pool if other != c])
+                low, high = sorted((label, partner + k * self.turn_stride))
+                if (1 + low) * 8 * self.turn_stride + high not in labels:  # B over A is A over B: keep it single
+                    drawn = [(path, rng.choice(self.by_class[partner])) for path in drawn]
+                    label = (1 + low) * 8 * self.turn_stride + high
             paths += drawn
-            turns += [k] * len(drawn)
-            labels += [c + k * self.turn_stride] * len(drawn)
+            turns += [k] * count
+            labels += [label] * count
         return paths, turns, labels
 
     def draw(self, rng):
         paths, turns, labels = self.sample_batch(rng)
-        images = [transformed(load_image(path, keep_grey=True), k) for path, k in zip(paths, turns)]
+        images = [transformed(load_drawing(path), k) for path, k in zip(paths, turns)]
         return ClassBatch(self.transform(images), torch.tensor(labels))
+
+
+def load_drawing(path):
+    """A path -> its image as `load_image` keeps it (grey stays one channel); a (path, path) tuple -> the two
+    drawn over each other, the darker pixel of each, the second resized to the first's size when they differ."""
+    if isinstance(path, str):
+        return load_image(path, keep_grey=True)
+    first, second = (load_image(p, keep_grey=True) for p in path)
+    if first.shape[0] != second.shape[0]:
+        first, second = first.expand(3, -1, -1), second.expand(3, -1, -1)
+    if first.shape != second.shape:
+        second = resize(second, first.shape[-2:])
+    return torch.minimum(first, second)
 
 
 def transformed(image, transform):
@@ -401,7 +427,7 @@ def training_batches(c, paths, labels, groups, per_rank, steps, seed, say):
                          name="training", groups=groups, negatives=c.negatives, seed=seed)
     batches = ClassBatches(paths, labels, c.input_shape, per_rank, c.images_per_class, c.augmentation, groups,
                            c.negatives, class_rotations=c.class_rotations, steps=steps, seed=seed,
-                           class_mirrors=c.class_mirrors)
+                           class_mirrors=c.class_mirrors, class_blends=c.class_blends)
     smallest = batches.smallest_batch()
     if smallest < per_rank:
         say(f"Note: some groups hold too few classes or images for batches of {per_rank}: a batch may hold as few "
