@@ -107,13 +107,15 @@ class SiameseNetwork(nn.Module):
             difference = F.dropout(difference, self.feature_dropout)
         return torch.addmm(b, difference, w)
 
-    def forward(self, images1, images2=None, pairs=None):
+    def forward(self, images1, images2=None, pairs=None, with_embeddings=False):
         """Two (N, 3, H, W) batches -> (N, 1) logits of the pairs (images1[i], images2[i]); both go through
         the backbone in one call. Or one batch and `pairs`, a (2, P) index tensor -> (P, 1) logits of the
-        pairs (images1[pairs[0, k]], images1[pairs[1, k]]), each image through the backbone once."""
+        pairs (images1[pairs[0, k]], images1[pairs[1, k]]), each image through the backbone once; with
+        `with_embeddings`, (logits, the batch's (N, flat) embeddings) for a loss on the embeddings too."""
         if images2 is None:
             emb = self.embed(images1)
-            return self.score(emb[pairs[0]], emb[pairs[1]])
+            logits = self.score(emb[pairs[0]], emb[pairs[1]])
+            return (logits, emb) if with_embeddings else logits
         emb = self.embed(torch.cat([images1, images2]))
         count = images1.shape[0]  # a slice, not chunk(2): traced for export, the batch size stays free
         return self.score(emb[:count], emb[count:])

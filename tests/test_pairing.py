@@ -10,10 +10,10 @@ from helpers import TRAIN, make_subset, run
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
 from utils.dataloader import ClassBatch, ClassBatches, class_groups, list_images
-from utils.engine import score_batch, step_loss
+from utils.engine import Scored, score_batch, step_loss
 from utils.history import LossHistory
 from utils.images import load_image
-from utils.losses import balanced_weights, pair_bce, ranking_loss
+from utils.losses import COSINE_SCALE, balanced_weights, cosine_ranking_loss, pair_bce, ranking_loss
 from utils.oneshot import evaluate_split
 
 
@@ -84,10 +84,11 @@ def test_every_pair_of_a_class_batch_is_scored_as_the_pair_forward_scores_it():
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     classes = torch.tensor([3, 3, 5, 5, 7, 7])
     with torch.no_grad():
-        logits, targets, pairs = score_batch(model, ClassBatch(images, classes), torch.device("cpu"))
+        logits, targets, pairs, embeddings = score_batch(model, ClassBatch(images, classes), torch.device("cpu"))
         first, second = torch.triu_indices(6, 6, 1)
         as_pairs = model(images[first].float() / 255, images[second].float() / 255).squeeze(1)
     assert logits.shape == targets.shape == (15,) and torch.equal(pairs, torch.stack([first, second]))
+    assert embeddings is None
     assert targets.tolist() == [float(classes[i] == classes[j]) for i, j in zip(first, second)]
     torch.testing.assert_close(logits, as_pairs, atol=1e-4, rtol=1e-4)
 
@@ -120,7 +121,7 @@ def test_label_smoothing_moves_the_bce_targets_and_stops_at_a_finite_logit():
 def test_step_loss_smooths_what_is_minimised_and_reports_the_plain_bce():
     targets = torch.tensor([1.0, 0.0, 0.0])
     logits = torch.tensor([8.0, -8.0, -8.0])
-    total, bce, _ = step_loss(logits, targets, None, None, False, smoothing=0.1)
+    total, bce, _ = step_loss(Scored(logits, targets, None, None), None, smoothing=0.1)
     assert bce.item() < 1e-3 < total.item()  # near-certain logits: no BCE left, but smoothing pulls them back
     torch.testing.assert_close(bce, pair_bce(logits, targets)[0])
 
@@ -148,6 +149,37 @@ def test_ranking_loss_is_the_one_shot_softmax_over_each_images_positive_and_nega
     assert (logits.grad[same] < 0).all() and (logits.grad[~same] > 0).all()  # raise positives, lower negatives
     separated = torch.where(same, 20.0, -20.0)
     assert ranking_loss(separated, labels, torch.stack([first, second])).item() < 1e-6
+
+
+def test_cosine_ranking_loss_ranks_the_directions_of_embeddings_whatever_their_length():
+    torch.manual_seed(0)
+    labels = torch.tensor([4, 4, 4, 9, 9, 2, 2])
+    pairs = torch.triu_indices(7, 7, 1)
+    embeddings = torch.randn(7, 3, 2, 2)  # a backbone's map, flattened inside
+    loss = cosine_ranking_loss(embeddings, labels, pairs)
+    unit = embeddings.flatten(1) / embeddings.flatten(1).norm(dim=1, keepdim=True)
+    cosines = torch.stack([unit[i] @ unit[j] for i, j in zip(*pairs.tolist())])
+    torch.testing.assert_close(loss, ranking_loss(COSINE_SCALE * cosines, labels, pairs))
+    lengths = torch.rand(7, 1, 1, 1) * 10 + 0.1
+    torch.testing.assert_close(cosine_ranking_loss(embeddings * lengths, labels, pairs), loss)
+    one_hot = F.one_hot(torch.tensor([0, 0, 0, 1, 1, 2, 2]), 12).float()  # each class its own direction
+    assert cosine_ranking_loss(one_hot, labels, pairs) < 0.01 < loss
+
+
+def test_the_cosine_loss_adds_the_embeddings_ranking_and_trains_the_backbone_through_it():
+    torch.manual_seed(0)
+    model = SiameseNetwork((32, 32), "resnet18").train()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    batch = ClassBatch(images, torch.tensor([3, 3, 5, 5, 7, 7]))
+    scored = score_batch(model, batch, torch.device("cpu"), with_embeddings=True)
+    assert scored.embeddings.shape == (6, 512)
+    total, bce, _ = step_loss(scored, batch.labels, "bce_ranking_cosine")
+    expected = bce + ranking_loss(scored.logits, batch.labels, scored.pairs) \
+        + cosine_ranking_loss(scored.embeddings, batch.labels, scored.pairs)
+    torch.testing.assert_close(total, expected)
+    cosine_ranking_loss(scored.embeddings, batch.labels, scored.pairs).backward()
+    assert model.resnet18.conv1.weight.grad.abs().sum() > 0  # it trains the backbone, and leaves the head alone
+    assert model.fully_connect1.weight.grad is None and model.fully_connect2.weight.grad is None
 
 
 class ClassIndicator(torch.nn.Module):

@@ -135,6 +135,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_file(finishe
     (["--pairing", "batch", "--batch_size", "6", "--images_per_class", "4"], "batch_size at least twice it"),
     (["--class_rotations", "True"], "class_rotations needs pairing batch"),
     (["--loss", "bce_ranking"], "loss bce_ranking needs pairing batch"),
+    (["--loss", "bce_ranking_cosine"], "loss bce_ranking_cosine needs pairing batch"),
     (["--class_blends", "0.5"], "class_blends needs pairing batch"),
     (["--pairing", "batch", "--class_blends", "1.5"], "class_blends 1.5 must be in [0, 1]"),
     (["--best_by", "oneshot", "--split_by", "image"], "best_by oneshot needs split_by class"),

@@ -171,3 +171,17 @@ def test_ema_decay_validates_and_saves_the_average_of_the_weights(omniglot_subse
     assert average.keys() == saved.keys() and all(torch.equal(average[k], saved[k]) for k in saved)
     assert not torch.equal(saved["fully_connect1.weight"], checkpoint["model"]["fully_connect1.weight"])
     assert int(checkpoint["average"]["n_averaged"]) == 24  # one update a step: 192 images / batch 8
+
+
+def test_blended_classes_and_the_cosine_term_train_weights_in_the_originals_format(omniglot_subset, tmp_path):
+    save_dir = tmp_path / "logs"
+    result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
+                       "--backbone", "resnet18", "--pairing", "batch", "--images_per_class", 2, "--split_by", "class",
+                       "--negatives", "same_group", "--class_rotations", "True", "--class_blends", 0.5,
+                       "--loss", "bce_ranking_cosine")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (log_dir,) = save_dir.glob("loss_*")
+    (train_loss,) = [float(x) for x in (log_dir / "epoch_loss.txt").read_text().split()]
+    assert 0 < train_loss < 5
+    state = torch.load(save_dir / "last_epoch_weights.pth", weights_only=True)
+    SiameseNetwork((32, 32), "resnet18").load_state_dict(state)  # the head's two layers, no extra weight

@@ -169,13 +169,11 @@ def pairing_problem(c):
     if c.pairing == "batch" and not 2 <= c.images_per_class <= c.batch_size // 2:
         return (f"pairing batch needs images_per_class of at least 2 and batch_size at least twice it "
                 f"(images_per_class {c.images_per_class}, batch_size {c.batch_size})")
-    for name in ("class_rotations", "class_mirrors"):
+    for name in ("class_rotations", "class_mirrors", "class_blends"):
         if getattr(c, name) and c.pairing != "batch":
             return f"{name} needs pairing batch (the new classes it makes are drawn as whole classes)"
-    if c.class_blends and c.pairing != "batch":
-        return "class_blends needs pairing batch (the new classes it makes are drawn as whole classes)"
-    if c.loss == "bce_ranking" and c.pairing != "batch":
-        return "loss bce_ranking needs pairing batch (it ranks each image's classmates above a batch's other classes)"
+    if c.loss != "bce" and c.pairing != "batch":
+        return f"loss {c.loss} needs pairing batch (it ranks each image's classmates above a batch's other classes)"
     if c.oneshot_way < 0 or c.oneshot_way == 1:
         return "oneshot_way must be 0 (off) or at least 2"
     if c.best_by == "oneshot" and (c.split_by != "class" or not c.oneshot_way):

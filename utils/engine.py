@@ -1,5 +1,6 @@
 """The training epoch and the validation pass (with tqdm bars), and stopping a run cleanly at a step boundary."""
 import signal
+from collections import namedtuple
 
 import torch
 from tqdm import tqdm
@@ -8,7 +9,7 @@ from utils.dataloader import ClassBatch
 from utils.distributed import all_ranks_finite, all_reduce_sum, any_rank
 from utils.errors import NonFiniteLoss
 from utils.images import to_float
-from utils.losses import not_learning, pair_bce, ranking_loss
+from utils.losses import cosine_ranking_loss, not_learning, pair_bce, ranking_loss
 from utils.precision import autocast, memory_format
 from utils.weights import unwrap
 
@@ -16,20 +17,26 @@ NOT_LEARNING_HINT = ("from scratch, try python train.py config/omniglot_scratch.
                      "ranking term, stroke augmentation, Adam; the README's Training section)")
 
 
-def score_batch(model, batch, device, channels_last=False):
-    """A `PairBatch` or `ClassBatch` from the loader -> (logits, targets, pairs) on `device`.
+Scored = namedtuple("Scored", "logits targets pairs embeddings")
 
-    Pair items give their 2B pairs (pairs None); a class batch gives all B(B-1)/2 pairs of its B images, each
-    image through the backbone once, with `pairs` (2, P) the images of each pair.
+
+def score_batch(model, batch, device, channels_last=False, with_embeddings=False):
+    """A `PairBatch` or `ClassBatch` from the loader -> `Scored` (logits, targets, pairs, embeddings) on `device`.
+
+    Pair items give their 2B pairs (pairs and embeddings None); a class batch gives all B(B-1)/2 pairs of its B
+    images, each image through the backbone once, with `pairs` (2, P) the images of each pair, and with
+    `with_embeddings` the images' (B, flat) embeddings (else None).
     """
     if isinstance(batch, ClassBatch):
         images = to_float(batch.images.to(device, non_blocking=True))  # converted after the copy: 4x fewer bytes
         labels = batch.labels.to(device, non_blocking=True)
         pairs = torch.triu_indices(len(labels), len(labels), 1, device=device)
-        logits = model(images.contiguous(memory_format=memory_format(channels_last)), pairs=pairs).squeeze(1)
-        return logits, (labels[pairs[0]] == labels[pairs[1]]).float(), pairs
+        out = model(images.contiguous(memory_format=memory_format(channels_last)), pairs=pairs,
+                    with_embeddings=with_embeddings)
+        logits, embeddings = out if with_embeddings else (out, None)
+        return Scored(logits.squeeze(1), (labels[pairs[0]] == labels[pairs[1]]).float(), pairs, embeddings)
     first, second, targets = pair_sides(batch, device, channels_last)
-    return model(first, second).squeeze(1), targets, None
+    return Scored(model(first, second).squeeze(1), targets, None, None)
 
 
 def pair_sides(batch, device, channels_last=False):
@@ -71,20 +78,24 @@ class Meter:
         return {"loss": loss / max(steps, 1), "acc": correct / max(steps, 1)}
 
 
-def step_loss(logits, targets, pairs, labels, ranking, smoothing=0.0):
-    """(loss to minimise, the BCE, weighted correct pairs) of one step's scored pairs; `ranking` adds
-    `ranking_loss` for class batches, `smoothing` softens the minimised BCE's targets. The plain BCE is what the
-    epoch reports, comparable across runs."""
+def step_loss(scored, labels, loss="bce", smoothing=0.0):
+    """(loss to minimise, the BCE, weighted correct pairs) of one step's `Scored` pairs; `loss` (a name in LOSSES)
+    "bce_ranking" adds `ranking_loss` for class batches, "bce_ranking_cosine" also `cosine_ranking_loss` on their
+    embeddings; `smoothing` softens the minimised BCE's targets. The plain BCE is what the epoch reports,
+    comparable across runs."""
+    logits, targets, pairs, embeddings = scored
     bce, weights = pair_bce(logits, targets)
     correct = (weights * ((logits.detach() > 0) == (targets > 0.5))).sum()
     total = pair_bce(logits, targets, smoothing)[0] if smoothing else bce
-    if ranking and pairs is not None:
+    if loss != "bce" and pairs is not None:
         total = total + ranking_loss(logits, labels, pairs)
+    if loss == "bce_ranking_cosine" and embeddings is not None:
+        total = total + cosine_ranking_loss(embeddings, labels, pairs)
     return total, bce, correct
 
 
 def train_one_epoch(model, loader, optimizer, scaler, device, meter, *, amp_dtype=None, channels_last=False,
-                    ranking=False, smoothing=0.0, desc="", lr=None, show=True, log_interval=10, check_learning_at=None,
+                    loss="bce", smoothing=0.0, desc="", lr=None, show=True, log_interval=10, check_learning_at=None,
                     after_step=None, average=None):
     """Train over `loader` (its sampler set to the epoch and first step), adding each step to `meter`.
 
@@ -92,7 +103,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, meter, *, amp_dtyp
     end. At the first reading from step `check_learning_at` on, a warning says when the last steps look like no
     learning. `after_step(step, meter)`, called after each step with the steps done in the epoch, returns True
     to stop the epoch there. `average` (a torch.optim.swa_utils.AveragedModel) is updated after every step;
-    `ranking` and `smoothing` are `step_loss`'s.
+    `loss` and `smoothing` are `step_loss`'s.
     Returns True when the epoch ran to its end, False when `after_step` stopped it.
     Raises NonFiniteLoss when the loss became NaN or inf.
     """
@@ -103,9 +114,9 @@ def train_one_epoch(model, loader, optimizer, scaler, device, meter, *, amp_dtyp
                total=first + len(loader))
     for step, batch in enumerate(bar, first + 1):
         with autocast(device, amp_dtype):
-            logits, targets, pairs = score_batch(model, batch, device, channels_last)
-        labels = batch.labels.to(device) if pairs is not None else None
-        total, bce, correct = step_loss(logits, targets, pairs, labels, ranking, smoothing)
+            scored = score_batch(model, batch, device, channels_last, with_embeddings=loss == "bce_ranking_cosine")
+        labels = batch.labels.to(device) if scored.pairs is not None else None
+        total, bce, correct = step_loss(scored, labels, loss, smoothing)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.step(optimizer)
@@ -146,11 +157,11 @@ def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, desc
     meter, logits_seen, targets_seen = Meter(device), [], []
     for batch in tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True):
         with autocast(device, amp_dtype):
-            logits, targets, _ = score_batch(model, batch, device, channels_last)
-        _, bce, correct = step_loss(logits, targets, None, None, False)
+            scored = score_batch(model, batch, device, channels_last)
+        _, bce, correct = step_loss(scored, None)
         meter.add(bce, correct)
-        logits_seen.append(logits.float().cpu())
-        targets_seen.append(targets.cpu())
+        logits_seen.append(scored.logits.float().cpu())
+        targets_seen.append(scored.targets.cpu())
     meter.check_finite(desc)
     return {**meter.means(), "logits": torch.cat(logits_seen), "targets": torch.cat(targets_seen)}
 

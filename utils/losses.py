@@ -1,10 +1,12 @@
-"""The training losses: the head's binary cross-entropy on every pair, and the ranking term of class batches."""
+"""The training losses: the head's binary cross-entropy on every pair, the ranking term of class batches, and the
+same ranking on the cosine of normalised embeddings."""
 import math
 
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bce", "bce_ranking")
+LOSSES = ("bce", "bce_ranking", "bce_ranking_cosine")
+COSINE_SCALE = 10.0  # a fixed temperature of 0.1: a learned one would add a weight the original's format lacks
 FAR_BELOW = -1e4  # a logit no pair reaches; finite, where -inf would give inf - inf on the diagonal
 
 
@@ -36,6 +38,13 @@ def ranking_loss(logits, labels, pairs):
     negatives = torch.logsumexp(scores.masked_fill(same, FAR_BELOW), dim=1, keepdim=True)
     positives = same & ~torch.eye(count, dtype=torch.bool, device=logits.device)
     return (torch.logaddexp(scores, negatives) - scores)[positives].mean()
+
+
+def cosine_ranking_loss(embeddings, labels, pairs, scale=COSINE_SCALE):
+    """`ranking_loss` with each pair's logit `scale` x the cosine of its two embeddings (B, F): the one-shot
+    softmax on the direction of the features alone, whatever their length, beside the head's."""
+    unit = F.normalize(embeddings.float().flatten(1), dim=1)
+    return ranking_loss(scale * (unit[pairs[0]] * unit[pairs[1]]).sum(1), labels, pairs)
 
 
 def not_learning(loss, acc):
