@@ -50,8 +50,7 @@ augmentation = "auto"  # "autoaugment" (the original), "affine" (drawings), "jit
 negatives = "any"  # negative pairs: "any" other class (the original) or "same_group" (same alphabet: harder)
 pairing = "items"  # "items": each item a positive and a negative pair (the original); "batch": see images_per_class
 images_per_class = 4  # pairing "batch": a step is batch_size images, this many per class; every pair is scored
-loss = "bce"  # "bce": the head's pair probabilities (the original); "bce_ranking": plus a one-shot softmax (README);
-# "bce_ranking_cosine": plus the same softmax on the cosine of the embeddings
+loss = "bce"  # "bce": the head's pair probabilities (the original); "bce_ranking"(_cosine): plus one-shot softmaxes
 feature_dropout = 0.0  # training only: zero this share of each pair's |f1 - f2| before the head (a regulariser)
 label_smoothing = 0.0  # BCE targets 1 - s/2 and s/2 instead of 1 and 0: similarities less sure of themselves
 class_rotations = False  # pairing "batch": each class turned 90/180/270 degrees is 3 more classes (for drawings)
