@@ -185,7 +185,7 @@ def best_seconds(fn, repeats, device):
     return min(times[1:])
 
 
-def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16", ranking=False):
+def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16", loss="bce"):
     """Train then infer `backbone` with `setting` on `batch` (a `PairBatch` or `ClassBatch`) through train.py's
     step (`train_one_epoch`); returns seconds a step and pairs/s for both, and the training peak memory."""
     amp_dtype, channels_last, compile_model = SETTINGS[setting]
@@ -203,7 +203,7 @@ def time_setting(setting, batch, input_shape, steps, device, backbone="vgg16", r
 
     def train_step():
         train_one_epoch(step_model, [batch], optimizer, scaler, device, Meter(device), amp_dtype=amp_dtype,
-                        channels_last=channels_last, ranking=ranking, show=False)
+                        channels_last=channels_last, loss=loss, show=False)
 
     compiling = timed(train_step) if compile_model else 0.0  # the first step compiles forward and backward
     step = best_seconds(train_step, steps, device)
@@ -235,13 +235,13 @@ def inference_inputs(batch, device, channels_last):
     return first, second
 
 
-def step_flops(batch, input_shape, backbone, device, ranking):
+def step_flops(batch, input_shape, backbone, device, loss):
     """Floating-point operations of one fp32 training step on `batch` (forward and backward), as torch counts them."""
     model = SiameseNetwork(input_shape, backbone).to(device)
     optimizer = make_optimizer(model.parameters(), "adam", 1e-4, 0.9, 0.0)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     with FlopCounterMode(display=False) as counter:
-        train_one_epoch(model, [batch], optimizer, scaler, device, Meter(device), ranking=ranking, show=False)
+        train_one_epoch(model, [batch], optimizer, scaler, device, Meter(device), loss=loss, show=False)
     return counter.get_total_flops()
 
 
@@ -329,11 +329,11 @@ def default_dataset():
     return glyphs
 
 
-def report_settings(settings, batch, args, device, backbone="vgg16", ranking=False):
+def report_settings(settings, batch, args, device, backbone="vgg16", loss="bce"):
     """Time each setting on `batch`, print a line each and the ratios to fp32; returns {setting: figures}."""
     results = {}
     for setting in settings:
-        results[setting] = r = time_setting(setting, batch, args.input_shape, args.steps, device, backbone, ranking)
+        results[setting] = r = time_setting(setting, batch, args.input_shape, args.steps, device, backbone, loss)
         print(f"{setting:<28} training pairs/s {r['train']:8.2f}   inference pairs/s {r['infer']:8.2f}   "
               f"peak memory (training) {r['memory']:.0f} MiB"
               + (f"   compiling took {r['compile']:.0f} s" if r["compile"] else ""), flush=True)
@@ -344,9 +344,9 @@ def report_settings(settings, batch, args, device, backbone="vgg16", ranking=Fal
     return results
 
 
-def report_peak(batch, args, device, seconds, backbone, ranking):
+def report_peak(batch, args, device, seconds, backbone, loss):
     """Print the fp32 step's floating-point operations and the fraction of this device's measured peak it reaches."""
-    flops, peak = step_flops(batch, args.input_shape, backbone, device, ranking), peak_flops(device)
+    flops, peak = step_flops(batch, args.input_shape, backbone, device, loss), peak_flops(device)
     print(f"fp32 step: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s = {flops / seconds / 1e9:.1f} GFLOP/s; "
           f"peak (a 2048x2048 fp32 matrix product) {peak / 1e9:.1f} GFLOP/s: {100 * flops / seconds / peak:.0f}% of it")
 
@@ -362,14 +362,15 @@ def bench_recipe(args, paths, labels, class_names, device):
     print(f"the recipe's step: {recipe['backbone']} at {args.input_shape[0]}x{args.input_shape[1]}, "
           f"{len(batch.images)} images of {recipe['images_per_class']} per class, {pair_count(batch)} pairs, "
           f"BCE + ranking term, Adam")
-    results = report_settings(chosen_settings(device, args), batch, args, device, recipe["backbone"], True)
+    results = report_settings(chosen_settings(device, args), batch, args, device, recipe["backbone"], recipe["loss"])
     fp32 = results["fp32"]
     print(f"fp32 model step {fp32['step']:.3f} s: {1 / fp32['step']:.2f} steps/s, {fp32['train']:.0f} pairs/s")
-    report_peak(batch, args, device, fp32["step"], recipe["backbone"], True)
+    report_peak(batch, args, device, fp32["step"], recipe["backbone"], recipe["loss"])
     draw = statistics.median(timed(lambda step=step: batches[step]) for step in range(1, 1 + args.steps))
     print(f"one class batch drawn and augmented in the main process: {draw:.3f} s")
     for workers in sorted({0, min(args.workers, os.cpu_count() or 1)}):
-        seconds = loop_seconds(batches, workers, device, recipe["backbone"], args.input_shape, args.steps)
+        seconds = loop_seconds(batches, workers, device, recipe["backbone"], args.input_shape, args.steps,
+                               recipe["loss"])
         print(f"whole step, {workers} loader workers (fp32): {seconds:.3f} s = {1 / seconds:.2f} steps/s, "
               f"{pair_count(batch) / seconds:.0f} pairs/s")
 
@@ -387,7 +388,7 @@ def timed(fn):
     return time.perf_counter() - start
 
 
-def loop_seconds(batches, workers, device, backbone, input_shape, steps):
+def loop_seconds(batches, workers, device, backbone, input_shape, steps, loss):
     """Seconds a step of train.py's own loop takes over `batches` with `workers` loader workers: the loader and the
     model together, after one warm-up step."""
     torch.manual_seed(0)
@@ -401,7 +402,7 @@ def loop_seconds(batches, workers, device, backbone, input_shape, steps):
         times.append(time.perf_counter())
         return len(times) > steps
 
-    train_one_epoch(model, loader, optimizer, scaler, device, Meter(device), ranking=True, show=False,
+    train_one_epoch(model, loader, optimizer, scaler, device, Meter(device), loss=loss, show=False,
                     after_step=after_step)
     return (times[-1] - times[0]) / (len(times) - 1)
 
@@ -437,7 +438,7 @@ def bench_items(args, paths, labels, class_names, device):
                                             train=True), args.loader_images)
     print(f"loader images/s per worker: {ours:.0f} (PIL image by image: {baseline:.0f}; ratio {ours / baseline:.2f}x)")
     results = report_settings(chosen_settings(device, args), dataset[0], args, device)
-    report_peak(dataset[0], args, device, results["fp32"]["step"], "vgg16", False)
+    report_peak(dataset[0], args, device, results["fp32"]["step"], "vgg16", "bce")
     workers = min(args.workers, os.cpu_count() or 1)
     supply = workers_speed(dataset, workers, 2 if args.quick else 8, device.type == "cuda")
     demand = 2 * max(r["train"] for r in results.values())  # two images per pair

@@ -132,7 +132,7 @@ def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset
     from utils.precision import native_bf16
 
     save_dir = tmp_path / "logs"
-    result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
+    result = run_train(*SMALL_RUN, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
                        "--backbone", "vgg16_bn", "--negatives", "same_group", "--augmentation", "affine",
                        "--optimizer_type", "adam")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -140,7 +140,10 @@ def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset
     assert f"| {native} (auto)" in next(line for line in result.stdout.splitlines() if line.startswith("bf16 "))
     channels = next(line for line in result.stdout.splitlines() if line.startswith("channels_last "))
     assert f"| {native} (auto)" in channels
-    assert "not learning" not in result.stdout
+    # epoch 1 is warm-up at a tenth of the rate (24 steps stay near ln 2 on any CPU); epoch 2 must have learnt.
+    # Measured: 0.636 in bf16 (AMX Xeon), 0.632 in fp32; no learning is 0.693
+    losses = [float(x) for x in next(save_dir.glob("loss_*/epoch_loss.txt")).read_text().split()]
+    assert len(losses) == 2 and losses[1] < 0.67, losses
     weights = torch.load(save_dir / "best_epoch_weights.pth", weights_only=True)
     assert "vgg.features.1.running_mean" in weights  # batch norm after the first conv
 

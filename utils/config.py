@@ -152,7 +152,7 @@ def rate_problem(c):
     if not 0 <= c.label_smoothing < 1:
         return f"label_smoothing {c.label_smoothing} must be in [0, 1) (0: hard targets)"
     if not 0 <= c.class_blends <= 1:
-        return f"class_blends {c.class_blends} must be in [0, 1] (the share of a batch's classes that are blends; 0: off)"
+        return f"class_blends {c.class_blends} must be in [0, 1] (the share of a batch's classes blended; 0: off)"
     if not 0 <= c.ema_decay < 1:
         return f"ema_decay {c.ema_decay} must be in [0, 1) (0: no average)"
     if c.Init_lr <= 0 or (c.Min_lr != "auto" and c.Min_lr < 0):

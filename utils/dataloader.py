@@ -261,17 +261,16 @@ class ClassBatches(StepBatches):
     of its group at the same transform (the darker pixel of the two, for dark strokes on a light ground), a new
     character for every pair of characters; its images pair each image of one with a random image of the other.
     A step gives a `ClassBatch`: images uint8 (B, 3, H, W) and their class labels (B,) int64; a class under
-    transform t (turns + 4 * mirrored) is labelled label + t * (largest label + 1), a blend of two such labels l1 < l2
-    (1 + l1) * 8 * (largest label + 1) + l2. `steps` defaults to about one
-    pass over the images.
+    transform t (turns + 4 * mirrored) is labelled label + t * (largest label + 1), a blend of two such labels
+    l1 < l2 (1 + l1) * 8 * (largest label + 1) + l2. `steps` defaults to about one pass over the images.
     """
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
                  groups=None, negatives="any", name="training", class_rotations=False, steps=None, seed=0,
                  class_mirrors=False, class_blends=0.0):
         super().__init__(max(1, len(paths) // batch_size) if steps is None else steps, seed)
-        self.class_blends = class_blends
         self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
+        self.class_blends = class_blends
         self.transform = batch_transform(input_shape, True, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
         classes = [c for c in sorted(self.by_class) if len(self.by_class[c]) >= 2]
@@ -307,9 +306,10 @@ class ClassBatches(StepBatches):
             if self.class_blends and rng.random() < self.class_blends:
                 partner = rng.choice([other for other, _ in pool if other != c])
                 low, high = sorted((label, partner + k * self.turn_stride))
-                if (1 + low) * 8 * self.turn_stride + high not in labels:  # B over A is A over B: keep it single
+                blend = (1 + low) * 8 * self.turn_stride + high
+                if blend not in labels:  # B over A is A over B: a blend already in the batch stays single
                     drawn = [(path, rng.choice(self.by_class[partner])) for path in drawn]
-                    label = (1 + low) * 8 * self.turn_stride + high
+                    label = blend
             paths += drawn
             turns += [k] * count
             labels += [label] * count
