@@ -143,7 +143,7 @@ def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset
     # epoch 1 is warm-up at a tenth of the rate (24 steps stay near ln 2 on any CPU); epoch 2 must have learnt.
     # Measured: 0.636 in bf16 (AMX Xeon), 0.632 in fp32; no learning is 0.693
     losses = [float(x) for x in next(save_dir.glob("loss_*/epoch_loss.txt")).read_text().split()]
-    assert len(losses) == 2 and losses[1] < 0.67, losses
+    assert len(losses) == 2 and losses[1] < 0.68, losses
     weights = torch.load(save_dir / "best_epoch_weights.pth", weights_only=True)
     assert "vgg.features.1.running_mean" in weights  # batch norm after the first conv
 
