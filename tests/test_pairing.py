@@ -9,7 +9,7 @@ from helpers import TRAIN, make_subset, run
 
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.dataloader import ClassBatch, ClassBatches, class_groups, list_images
+from utils.dataloader import TRANSFORMS, ClassBatch, ClassBatches, class_groups, list_images, transformed
 from utils.engine import Scored, score_batch, step_loss
 from utils.history import LossHistory
 from utils.images import load_image
@@ -286,6 +286,56 @@ def test_class_mirrors_make_each_class_and_each_turn_mirrored_a_class_of_its_own
         torch.testing.assert_close(image, torch.rot90(original.flip(-1), 1, dims=(1, 2)), atol=1, rtol=0)
 
 
+def test_class_squash_makes_each_class_and_each_turn_and_mirror_squashed_a_class_of_its_own(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (40, 40), batch_size=16, images_per_class=4, augmentation="none",
+                           groups=groups, negatives="same_group", class_rotations=True, class_mirrors=True,
+                           class_squash=0.5)
+    assert transforms_drawn(batches, paths, labels, draws=200) == set(range(16))  # 8 as before, each also squashed
+    upright = ClassBatches(paths, labels, (40, 40), batch_size=16, images_per_class=4, augmentation="none")
+    for wanted, squashed_rows in ((8, True), (9, False)):  # squashed alone; squashed then turned: narrower instead
+        step = next(s for s in range(400) if batches.sample_batch(batches.generators(s)[0])[1][0] == wanted)
+        drawn, _, _ = batches.sample_batch(batches.generators(step)[0])
+        images = batches[step].images
+        plain = upright.transform([load_image(p, keep_grey=True) for p in drawn])
+        ink_at = (images < 128).any(dim=1)  # (B, H, W)
+        inked = ink_at.any(dim=2) if squashed_rows else ink_at.any(dim=1)  # which rows (or columns) hold a stroke
+        assert not inked[:, :10].any() and not inked[:, 30:].any()  # half the height, centred: the rest white
+        if not squashed_rows:
+            plain = torch.rot90(plain, 1, dims=(2, 3))
+        ink = (plain < 128).sum(dim=(1, 2, 3)).float()
+        assert (images < 128).sum(dim=(1, 2, 3)).float().sum() < 0.8 * ink.sum()  # the same strokes, on half the area
+
+
+def ink_slope(images):
+    """Per image of a uint8 (B, C, H, W) batch, how far right its ink lies per row upwards (a least-squares slope)."""
+    ink = (255 - images.float()).mean(dim=1)  # (B, H, W)
+    rows = torch.arange(ink.shape[1], dtype=torch.float32).view(1, -1, 1)
+    cols = torch.arange(ink.shape[2], dtype=torch.float32).view(1, 1, -1)
+    weight = ink / ink.sum(dim=(1, 2), keepdim=True)
+    up = -(rows - (weight * rows).sum(dim=(1, 2), keepdim=True))
+    right = cols - (weight * cols).sum(dim=(1, 2), keepdim=True)
+    return (weight * up * right).sum(dim=(1, 2)) / (weight * up * up).sum(dim=(1, 2))
+
+
+def test_class_slant_makes_each_class_and_each_turn_and_mirror_slanted_a_class_of_its_own(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (40, 40), batch_size=16, images_per_class=4, augmentation="none",
+                           groups=groups, negatives="same_group", class_rotations=True, class_mirrors=True,
+                           class_slant=30)
+    assert transforms_drawn(batches, paths, labels, draws=200) == set(range(8)) | set(range(16, 24))
+    step = next(s for s in range(400) if batches.sample_batch(batches.generators(s)[0])[1][0] == 16)
+    drawn, _, _ = batches.sample_batch(batches.generators(step)[0])
+    upright = ClassBatches(paths, labels, (40, 40), batch_size=16, images_per_class=4, augmentation="none")
+    plain = upright.transform([load_image(p, keep_grey=True) for p in drawn])
+    slope = ink_slope(batches[step].images) - ink_slope(plain)
+    torch.testing.assert_close(slope, torch.full_like(slope, math.tan(math.radians(30))), atol=0.15, rtol=0)
+    ink = (255 - batches[step].images.float()).sum(dim=(1, 2, 3)) / (255 - plain.float()).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(ink, torch.ones_like(ink), atol=0.1, rtol=0)  # the same strokes, leaning
+    blank = torch.full((1, 105, 105), 255, dtype=torch.uint8)
+    assert torch.equal(transformed(blank, 16, slant=30), blank)  # no seam where the image's edges were
+
+
 def test_class_blends_draw_two_characters_of_one_alphabet_over_each_other_as_a_new_class(listed):
     paths, labels, groups = listed
     batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
@@ -302,7 +352,7 @@ def test_class_blends_draw_two_characters_of_one_alphabet_over_each_other_as_a_n
                 continue
             first, second = label_of[path[0]], label_of[path[1]]
             assert first != second and groups[first] == groups[second]  # two characters of one alphabet
-            assert label == (1 + min(first, second)) * 8 * stride + max(first, second) >= 8 * stride
+            assert label == (1 + min(first, second)) * TRANSFORMS * stride + max(first, second) >= TRANSFORMS * stride
             kinds.add("blend")
         blend_sides = {}
         for path, label in zip(drawn, drawn_labels):  # one blend's images all pair the same two characters

@@ -176,12 +176,12 @@ def test_ema_decay_validates_and_saves_the_average_of_the_weights(omniglot_subse
     assert int(checkpoint["average"]["n_averaged"]) == 24  # one update a step: 192 images / batch 8
 
 
-def test_blended_classes_and_the_cosine_term_train_weights_in_the_originals_format(omniglot_subset, tmp_path):
+def test_new_class_transforms_and_the_cosine_term_train_weights_in_the_originals_format(omniglot_subset, tmp_path):
     save_dir = tmp_path / "logs"
     result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
                        "--backbone", "resnet18", "--pairing", "batch", "--images_per_class", 2, "--split_by", "class",
                        "--negatives", "same_group", "--class_rotations", "True", "--class_blends", 0.5,
-                       "--loss", "bce_ranking_cosine")
+                       "--class_squash", 0.6, "--class_slant", 30, "--loss", "bce_ranking_cosine")
     assert result.returncode == 0, result.stderr[-2000:]
     (log_dir,) = save_dir.glob("loss_*")
     (train_loss,) = [float(x) for x in (log_dir / "epoch_loss.txt").read_text().split()]

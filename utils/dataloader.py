@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
 
 from utils.augment import BatchAutoAugment, PerImage, train_transform
 from utils.errors import ConfigError, DataError, ImageError
@@ -21,6 +22,7 @@ from utils.images import eval_transform, is_image_file, load_image, resize, veri
 SPLITS = ("image", "class")
 NEGATIVES = ("any", "same_group")
 PAIRINGS = ("items", "batch")
+TRANSFORMS = 32  # class transforms: 4 turns x mirrored or not x squashed or not x slanted or not
 
 
 def class_groups(class_names):
@@ -257,20 +259,25 @@ class ClassBatches(StepBatches):
     `class_rotations` True adds each class turned by 90, 180 and 270 degrees as three new classes (in
     a group of their own per turn): a turned character is another character, four times the classes.
     `class_mirrors` True adds each class (and each turn of it) mirrored left to right, twice the classes again.
+    `class_squash` s (0: off) adds each class squashed to s of its height (light padding above and below), before
+    its turns and mirroring, twice the classes again: with the turns, also squashed to s of its width.
+    `class_slant` d (degrees, 0: off) adds each class (and each squashed one) sheared by d degrees like italics,
+    before its turns and mirroring, twice the classes again: with them, slanted the other ways too.
     `class_blends` b makes each class of a batch, with probability b, a blend instead: that class drawn over another
     of its group at the same transform (the darker pixel of the two, for dark strokes on a light ground), a new
     character for every pair of characters; its images pair each image of one with a random image of the other.
     A step gives a `ClassBatch`: images uint8 (B, 3, H, W) and their class labels (B,) int64; a class under
-    transform t (turns + 4 * mirrored) is labelled label + t * (largest label + 1), a blend of two such labels
-    l1 < l2 (1 + l1) * 8 * (largest label + 1) + l2. `steps` defaults to about one pass over the images.
+    transform t (turns + 4 * mirrored + 8 * squashed + 16 * slanted) is labelled label + t * (largest label + 1),
+    a blend of two such labels l1 < l2 (1 + l1) * TRANSFORMS * (largest label + 1) + l2. `steps` defaults to about
+    one pass over the images.
     """
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
                  groups=None, negatives="any", name="training", class_rotations=False, steps=None, seed=0,
-                 class_mirrors=False, class_blends=0.0):
+                 class_mirrors=False, class_blends=0.0, class_squash=0.0, class_slant=0.0):
         super().__init__(max(1, len(paths) // batch_size) if steps is None else steps, seed)
         self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
-        self.class_blends = class_blends
+        self.class_blends, self.class_squash, self.class_slant = class_blends, class_squash, class_slant
         self.transform = batch_transform(input_shape, True, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
         classes = [c for c in sorted(self.by_class) if len(self.by_class[c]) >= 2]
@@ -278,7 +285,8 @@ class ClassBatches(StepBatches):
             raise DataError(f"the {name} split has {len(classes)} class(es) with at least 2 images; "
                             f"pairing batch needs at least 2")
         pools = defaultdict(list)
-        transforms = [turns + 4 * mirrored for mirrored in range(2 if class_mirrors else 1)
+        transforms = [turns + 4 * mirrored + 8 * squashed + 16 * slanted for slanted in range(2 if class_slant else 1)
+                      for squashed in range(2 if class_squash else 1) for mirrored in range(2 if class_mirrors else 1)
                       for turns in range(4 if class_rotations else 1)]
         for c in classes:
             group = groups[c] if negatives == "same_group" and groups is not None else ""
@@ -296,7 +304,8 @@ class ClassBatches(StepBatches):
 
     def sample_batch(self, rng):
         """Draw one batch with `rng` (a `random.Random`), grouped by class: (paths, the transform of each image
-        (quarter turns + 4 when mirrored), class labels); a blended class's images are (path, path) tuples."""
+        (quarter turns + 4 when mirrored + 8 when squashed + 16 when slanted), class labels); a blended class's
+        images are (path, path) tuples."""
         pool = rng.choices(self.pools, self.pool_weights)[0]
         paths, turns, labels = [], [], []
         for c, k in rng.sample(pool, min(self.classes_per_batch, len(pool))):
@@ -306,7 +315,7 @@ class ClassBatches(StepBatches):
             if self.class_blends and rng.random() < self.class_blends:
                 partner = rng.choice([other for other, _ in pool if other != c])
                 low, high = sorted((label, partner + k * self.turn_stride))
-                blend = (1 + low) * 8 * self.turn_stride + high
+                blend = (1 + low) * TRANSFORMS * self.turn_stride + high
                 if blend not in labels:  # B over A is A over B: a blend already in the batch stays single
                     drawn = [(path, rng.choice(self.by_class[partner])) for path in drawn]
                     label = blend
@@ -317,7 +326,8 @@ class ClassBatches(StepBatches):
 
     def draw(self, rng):
         paths, turns, labels = self.sample_batch(rng)
-        images = [transformed(load_drawing(path), k) for path, k in zip(paths, turns)]
+        images = [transformed(load_drawing(path), k, self.class_squash, self.class_slant)
+                  for path, k in zip(paths, turns)]
         return ClassBatch(self.transform(images), torch.tensor(labels))
 
 
@@ -334,11 +344,34 @@ def load_drawing(path):
     return torch.minimum(first, second)
 
 
-def transformed(image, transform):
-    """A (C, H, W) image mirrored left to right when `transform` >= 4, then turned by `transform` % 4 quarter turns."""
-    if transform >= 4:
+def transformed(image, transform, squash=0.0, slant=0.0):
+    """A uint8 (C, H, W) image squashed to `squash` of its height when `transform` % 16 >= 8, sheared by `slant`
+    degrees (its top to the right) when `transform` >= 16, mirrored left to right when `transform` % 8 >= 4, then
+    turned by `transform` % 4 quarter turns."""
+    if transform % 16 >= 8:
+        image = squashed(image, squash)
+    if transform >= 16:
+        image = 255 - slanted(255 - image, slant)
+    if transform % 8 >= 4:
         image = image.flip(-1)
     return torch.rot90(image, transform % 4, dims=(1, 2))
+
+
+def slanted(ink, degrees):
+    """A uint8 (C, H, W) image of ink on 0 sheared by `degrees` about its centre, its top to the right; the ink, not
+    the image, is sheared, since torchvision's bilinear fill of 255 leaves a grey seam along the image's edges."""
+    return v2.functional.affine(ink, angle=0.0, translate=[0, 0], scale=1.0, shear=[degrees, 0.0], fill=0,
+                                interpolation=v2.InterpolationMode.BILINEAR)
+
+
+def squashed(image, fraction):
+    """A uint8 (C, H, W) image resized to `fraction` of its height, centred on a white (C, H, W) ground."""
+    height = image.shape[1]
+    short = max(1, round(height * fraction))
+    top = (height - short) // 2
+    ground = torch.full_like(image, 255)
+    ground[:, top:top + short] = resize(image, (short, image.shape[2]))
+    return ground
 
 
 class StepSampler(Sampler):
@@ -427,7 +460,8 @@ def training_batches(c, paths, labels, groups, per_rank, steps, seed, say):
                          name="training", groups=groups, negatives=c.negatives, seed=seed)
     batches = ClassBatches(paths, labels, c.input_shape, per_rank, c.images_per_class, c.augmentation, groups,
                            c.negatives, class_rotations=c.class_rotations, steps=steps, seed=seed,
-                           class_mirrors=c.class_mirrors, class_blends=c.class_blends)
+                           class_mirrors=c.class_mirrors, class_blends=c.class_blends, class_squash=c.class_squash,
+                           class_slant=c.class_slant)
     smallest = batches.smallest_batch()
     if smallest < per_rank:
         say(f"Note: some groups hold too few classes or images for batches of {per_rank}: a batch may hold as few "
