@@ -259,7 +259,7 @@ class ClassBatches(StepBatches):
     `class_rotations` True adds each class turned by 90, 180 and 270 degrees as three new classes (in
     a group of their own per turn): a turned character is another character, four times the classes.
     `class_mirrors` True adds each class (and each turn of it) mirrored left to right, twice the classes again.
-    `class_squash` s (0: off) adds each class squashed to s of its height (light padding above and below), before
+    `class_squash` s (0: off) adds each class squashed to s of its height (white above and below), before
     its turns and mirroring, twice the classes again: with the turns, also squashed to s of its width.
     `class_slant` d (degrees, 0: off) adds each class (and each squashed one) sheared by d degrees like italics,
     before its turns and mirroring, twice the classes again: with them, slanted the other ways too.
