@@ -6,7 +6,8 @@ RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3",
 
 
 class ResNetBackbone(nn.Module):
-    """torchvision's resnet18 or resnet50 (`name`) up to `layer4`, at 1/32 of the input (rounded up).
+    """torchvision's resnet18 or resnet50 (`name`) up to `layer4`, at 1/32 of the input (rounded up); "resnet18_layer3"
+    stops after `layer3`: 256 channels at 1/16, a 4x4 map of a 64x64 drawing, a quarter of resnet18's weights.
 
     The parts keep torchvision's attribute names, so the state-dict keys are torchvision's without
     `fc.*` (`conv1.weight`, `layer1.0.conv1.weight`, ...) and ImageNet weights copy in by name.
@@ -14,21 +15,24 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, name):
         super().__init__()
-        full = getattr(models, name)(weights=None)  # torchvision's initialisation; its avgpool and fc are dropped
-        for part in RESNET_PARTS:
+        torchvision_name, _, last = name.partition("_")
+        self.parts = RESNET_PARTS[:RESNET_PARTS.index(last or "layer4") + 1]
+        full = getattr(models, torchvision_name)(weights=None)  # torchvision's initialisation; the rest is dropped
+        for part in self.parts:
             setattr(self, part, getattr(full, part))
 
     def forward(self, x):
-        for part in RESNET_PARTS:
+        for part in self.parts:
             x = getattr(self, part)(x)
         return x
 
     def load_imagenet(self, state):
-        """Copy every tensor of torchvision's resnet state dict `state` but the classifier `fc.*`; returns self.
+        """Copy the tensors of torchvision's resnet state dict `state` that this backbone keeps (not the classifier
+        `fc.*`, nor `layer4.*` when it stops at layer3); returns self.
 
         Raises RuntimeError (from `load_state_dict`) when `state` is not this ResNet's.
         """
-        self.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+        self.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in self.parts})
         return self
 
 

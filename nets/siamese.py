@@ -6,9 +6,11 @@ from torch import nn
 from nets.backbones import MobileNetBackbone, ResNetBackbone
 from nets.vgg import VGG16Backbone
 
-MIN_SIDE = 32  # every backbone halves the input five times: below 32 VGG16's map is empty, the others' one padded pixel
-BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet50", "mobilenet_v3_large")
-FEATURE_CHANNELS = {"vgg16": 512, "vgg16_bn": 512, "resnet18": 512, "resnet50": 2048, "mobilenet_v3_large": 960}
+MIN_SIDE = 32  # the backbones halve the input five times: below 32 VGG16's map is empty, the others' one padded pixel
+BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large")
+FEATURE_CHANNELS = {"vgg16": 512, "vgg16_bn": 512, "resnet18": 512, "resnet18_layer3": 256, "resnet50": 2048,
+                    "mobilenet_v3_large": 960}
+FEATURE_STRIDE = {"resnet18_layer3": 16}  # the others' feature maps are 1/32 of the input
 
 
 def check_input_shape(input_shape, backbone=None):
@@ -41,7 +43,8 @@ def backbone_of(state):
 
 
 def flat_features(input_shape, backbone="vgg16"):
-    """Length of `backbone`'s flattened feature map for an (H, W) input: channels * (H/32) * (W/32).
+    """Length of `backbone`'s flattened feature map for an (H, W) input: channels * (H/32) * (W/32) (H/16 and W/16
+    for resnet18_layer3).
 
     VGG16's max-pools round each halving down (512 * (H//32) * (W//32)); the others' padded strided
     convolutions round it up.
@@ -49,7 +52,8 @@ def flat_features(input_shape, backbone="vgg16"):
     height, width = input_shape
     if backbone.startswith("vgg"):
         return FEATURE_CHANNELS[backbone] * (height // 32) * (width // 32)
-    return FEATURE_CHANNELS[backbone] * -(-height // 32) * -(-width // 32)
+    stride = FEATURE_STRIDE.get(backbone, 32)
+    return FEATURE_CHANNELS[backbone] * -(-height // stride) * -(-width // stride)
 
 
 def make_backbone(backbone):
@@ -67,7 +71,7 @@ class SiameseNetwork(nn.Module):
     State-dict keys for `backbone` "vgg16": `vgg.features.<i>.*`, `fully_connect1.*`, `fully_connect2.*`,
     the same as the original repository, so its weights load here unchanged and ours load there.
     "vgg16_bn" adds batch norms (other feature indices, so those weights are ours alone); torchvision's
-    "resnet18", "resnet50" and "mobilenet_v3_large" sit under an attribute of their own name
+    "resnet18", "resnet18_layer3", "resnet50" and "mobilenet_v3_large" sit under an attribute of their own name
     (`resnet18.layer1.0.conv1.weight`, ...). `encoder` is the backbone module whichever it is.
     `feature_dropout` zeroes that share of each pair's |f1 - f2| in training mode only; it holds no weights.
     """
@@ -85,7 +89,7 @@ class SiameseNetwork(nn.Module):
 
     @property
     def encoder(self):
-        """The backbone module: `self.vgg`, `self.resnet18`, `self.resnet50` or `self.mobilenet_v3_large`."""
+        """The backbone module: `self.vgg`, or the attribute of the backbone's name (`self.resnet18`, ...)."""
         return getattr(self, module_name(self.backbone))
 
     def embed(self, images):

@@ -76,20 +76,22 @@ def original_format_state_dict(input_shape, seed=0):
     return state
 
 
-def resnet18_features(state):
-    """torchvision's resnet18 up to layer4 with the `resnet18.*` tensors of `state`: (N, 3, H, W) -> flat features."""
+def resnet18_features(state, prefix="resnet18"):
+    """torchvision's resnet18 up to layer4 (up to layer3 for `prefix` "resnet18_layer3") with the `prefix.*` tensors
+    of `state`: (N, 3, H, W) -> flat features."""
     from torchvision.models import resnet18
     full = resnet18(weights=None).eval()
-    trunk = {k[len("resnet18."):]: v for k, v in state.items() if k.startswith("resnet18.")}
+    trunk = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
     missing, unexpected = full.load_state_dict(trunk, strict=False)
-    assert not unexpected and all(k.startswith("fc.") for k in missing), (missing, unexpected)
-    layers = torch.nn.Sequential(*list(full.children())[:-2])  # without avgpool and fc
+    dropped = ("fc.",) if prefix == "resnet18" else ("fc.", "layer4.")
+    assert not unexpected and all(k.startswith(dropped) for k in missing), (missing, unexpected)
+    layers = torch.nn.Sequential(*list(full.children())[:-2 if prefix == "resnet18" else -3])  # no avgpool, fc
     return lambda x: torch.flatten(layers(x), 1)
 
 
 def direct_probability(state, image_1, image_2):
-    """Similarity computed from the raw tensors (VGG16 with functional ops, or torchvision's resnet18): the
-    reference for compatibility."""
+    """Similarity computed from the raw tensors (VGG16 with functional ops, or torchvision's resnet18, whole or to
+    layer3): the reference for compatibility."""
     def vgg_features(x):
         index = 0
         for item in VGG16_CONFIG:
@@ -107,7 +109,8 @@ def direct_probability(state, image_1, image_2):
                 index += 2
         return torch.flatten(x, 1)
 
-    features = resnet18_features(state) if any(k.startswith("resnet18.") for k in state) else vgg_features
+    resnet = next((name for name in ("resnet18", "resnet18_layer3") if f"{name}.conv1.weight" in state), None)
+    features = resnet18_features(state, resnet) if resnet else vgg_features
     with torch.no_grad():
         x = torch.abs(features(image_1) - features(image_2))
     x = F.linear(x, state["fully_connect1.weight"], state["fully_connect1.bias"])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from helpers import TRAIN, make_subset, png, run
 from torchvision import models
+from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.models.vgg import cfgs, make_layers
 
 import train
@@ -58,6 +59,22 @@ def test_one_step_saves_and_the_predictor_recognises_it(backbone, tmp_path):
         Siamese(model_path=str(path), input_shape=[64, 64], cuda=False, verbose=False)
 
 
+def test_resnet18_layer3_is_torchvisions_resnet18_up_to_layer3():
+    torch.manual_seed(0)
+    net = SiameseNetwork((64, 64), "resnet18_layer3").eval()
+    full = models.resnet18(weights=None).eval()
+    kept = {k: v for k, v in full.state_dict().items() if not k.startswith(("layer4.", "fc."))}
+    assert set(net.encoder.state_dict()) == set(kept)  # torchvision's keys, under resnet18_layer3.*
+    net.encoder.load_imagenet(full.state_dict())
+    trunk = create_feature_extractor(full, {"layer3": "features"})
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = trunk(images)["features"]
+        assert expected.shape == (3, 256, 4, 4)  # a 4x4 map of a 64x64 drawing, where resnet18 leaves 2x2
+        assert torch.allclose(net.embed(images), expected.flatten(1), atol=1e-5)
+    assert flat_features((64, 64), "resnet18_layer3") == 4096 and net.fully_connect1.in_features == 4096
+
+
 def test_unknown_weights_are_named_as_not_siamese(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(WeightsError, match=r"other.pth: not Siamese vgg16 weights \(missing 30 keys"):
@@ -77,7 +94,12 @@ def torchvision_imagenet_state(backbone):
     if backbone.startswith("vgg"):  # the classifier (120M parameters, seconds to build) is left out: loading skips it
         features = make_layers(cfgs["D"], batch_norm=backbone == "vgg16_bn")
         return {f"features.{k}": v for k, v in features.state_dict().items()}
-    return getattr(models, backbone)(weights=None).state_dict()
+    return getattr(models, torchvision_name(backbone))(weights=None).state_dict()
+
+
+def torchvision_name(backbone):
+    """The torchvision model whose ImageNet file `backbone` loads: resnet18_layer3 takes resnet18's."""
+    return backbone.removesuffix("_layer3")
 
 
 def pretrained_config(backbone):
@@ -90,7 +112,7 @@ def pretrained_config(backbone):
 def test_imagenet_weights_load_from_model_data_under_torchvisions_name(backbone, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     name = os.path.basename(IMAGENET_WEIGHTS_URLS[backbone])
-    assert re.fullmatch(rf"{backbone}-[0-9a-f]{{8}}\.pth", name)
+    assert re.fullmatch(rf"{torchvision_name(backbone)}-[0-9a-f]{{8}}\.pth", name)
     (tmp_path / "model_data").mkdir()
     state = torchvision_imagenet_state(backbone)
     torch.save(state, tmp_path / "model_data" / name)

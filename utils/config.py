@@ -29,7 +29,8 @@ PER_RUN = ("resume", "stop_after", "model_path", "save_dir", "overwrite")  # not
 HARDWARE = ("bf16", "channels_last")  # "auto" decided anew on the machine that runs, a resumed run too
 KEPT_ON_RESUME = ("input_shape", "backbone", "optimizer_type")  # what makes the network and optimiser state
 # floats saved for backward per input pixel in a training step: the most saved_tensors_hooks saw at sides 32, 96, 105
-SAVED_PER_PIXEL = {"vgg16": 430, "vgg16_bn": 710, "resnet18": 220, "resnet50": 860, "mobilenet_v3_large": 430}
+SAVED_PER_PIXEL = {"vgg16": 430, "vgg16_bn": 710, "resnet18": 220, "resnet18_layer3": 210, "resnet50": 860,
+                   "mobilenet_v3_large": 430}
 
 
 class TrainConfig(argparse.Namespace):

@@ -16,6 +16,7 @@ IMAGENET_WEIGHTS_URLS = {  # torchvision's IMAGENET1K_V1 files, kept in model_da
     "vgg16": VGG16_Weights.IMAGENET1K_V1.url,  # vgg16-397923af.pth
     "vgg16_bn": VGG16_BN_Weights.IMAGENET1K_V1.url,  # vgg16_bn-6c64b313.pth
     "resnet18": ResNet18_Weights.IMAGENET1K_V1.url,  # resnet18-f37072fd.pth
+    "resnet18_layer3": ResNet18_Weights.IMAGENET1K_V1.url,  # resnet18's file, without what follows layer3
     "resnet50": ResNet50_Weights.IMAGENET1K_V1.url,  # resnet50-0676ba61.pth
     "mobilenet_v3_large": MobileNet_V3_Large_Weights.IMAGENET1K_V1.url,  # mobilenet_v3_large-8738ca79.pth
 }
