@@ -6,7 +6,7 @@ from torch import nn
 from nets.backbones import MobileNetBackbone, ResNetBackbone
 from nets.vgg import VGG16Backbone
 
-MIN_SIDE = 32  # the backbones halve the input five times: below 32 VGG16's map is empty, the others' one padded pixel
+MIN_SIDE = 32  # most backbones halve the input five times: below 32 VGG16's map is empty, the others' one padded pixel
 BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large")
 FEATURE_CHANNELS = {"vgg16": 512, "vgg16_bn": 512, "resnet18": 512, "resnet18_layer3": 256, "resnet50": 2048,
                     "mobilenet_v3_large": 960}
