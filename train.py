@@ -24,11 +24,11 @@ from utils.checkpoint import save_checkpoint, set_rng_state
 from utils.config import parse_train_config as parse_config
 from utils.configurator import config_comments, show_config
 from utils.dataloader import load_training_data
-from utils.engine import Meter, StopSignals, evaluate, train_one_epoch
+from utils.engine import Meter, StopSignals, evaluate_pairs, train_one_epoch
 from utils.errors import ConfigError, DataError, ImageError, NonFiniteLoss, SaveError, WeightsError, one_line
 from utils.history import LossHistory, TensorBoardLog
 from utils.metrics import best_threshold, platt_scaling
-from utils.oneshot import evaluate_split, verification_logits
+from utils.oneshot import EmbeddedImages, evaluate_split, verification_logits
 from utils.rundir import claim_save_dir, release, save_epoch_weights
 from utils.schedule import MIN_STEPS, lr_at_epoch, make_optimizer, scaled_lr, set_lr
 from utils.weights import IMAGENET_WEIGHTS_URLS, load_imagenet_weights, load_matching, load_weights, unwrap
@@ -150,11 +150,12 @@ def run_epoch(run, epoch, stop):
     if not finished:
         return stopped(stop.requested(), run, f"in epoch {epoch + 1} at step {meter.steps}/{run.data.steps}")
     train_metrics = meter.means()
-    validated = run.average.module if run.average else run.step_model
-    val = evaluate(validated, run.data.val_loader, c.device, amp_dtype=c.amp_dtype, channels_last=c.channels_last,
-                   desc=f"{tag} val", show=run.is_main)
+    validated = run.average.module if run.average else unwrap(run.model)  # what is validated is what is saved
+    embedded = EmbeddedImages(Siamese.from_network(validated, c.input_shape, c.device), run.data.val_paths,
+                              progress=run.is_main, desc=f"{tag} val")
+    val = evaluate_pairs(embedded, run.data.val_pairs, c.device, desc=f"{tag} val")
     if run.is_main:
-        figures = end_epoch_report(run, epoch, lr, train_metrics, val)
+        figures = end_epoch_report(run, epoch, lr, train_metrics, val, embedded)
         run.state.update(threshold=figures["threshold"], calibration=figures["calibration"])
     run.state.update(epoch=epoch + 1, meter=None)
     run.saver.save(run.state, run.history)
@@ -191,19 +192,19 @@ def build_run(c, checkpoint, rank, world_size):
         end_epoch=min(c.Epoch, state["epoch"] + c.stop_after) if c.stop_after else c.Epoch)
 
 
-def end_epoch_report(run, epoch, lr, train_metrics, val):
-    """Rank 0 after an epoch's training and validation: the one-shot check, the epoch's line, the history,
-    TensorBoard and the weight files; returns the figures recorded with them (threshold, calibration, ...).
+def end_epoch_report(run, epoch, lr, train_metrics, val, embedded):
+    """Rank 0 after an epoch's training and validation (`embedded`: the validation images' `EmbeddedImages`): the
+    one-shot check, the epoch's line, the history, TensorBoard and the weight files; returns the figures recorded
+    with them (threshold, calibration, ...).
 
     The threshold (and the calibration) are fitted on verification pairs of the validation images, sampled as
     `eval_oneshot.py --verify` samples them: half same class, half any two classes.
     """
     c, data, say = run.config, run.data, run.say
-    model = run.average.module if run.average else unwrap(run.model)  # what is validated is what is saved
-    predictor = Siamese.from_network(model, c.input_shape, c.device)
+    model = run.average.module if run.average else unwrap(run.model)
     oneshot, way = None, 0
     if c.split_by == "class" and c.oneshot_way:  # unseen classes: the accuracy users care about
-        oneshot, way = evaluate_split(predictor, data.val_paths, data.val_labels, c.oneshot_way)
+        oneshot, way = evaluate_split(embedded, data.val_paths, data.val_labels, c.oneshot_way)
     say(f"Epoch {epoch + 1}/{c.Epoch}: loss {train_metrics['loss']:.3f} acc {train_metrics['acc']:.3f} | "
         f"val_loss {val['loss']:.3f} val_acc {val['acc']:.3f}"
         + (f" | val {way}-way one-shot {100 * oneshot:.1f}%" if oneshot is not None else ""))
@@ -212,7 +213,7 @@ def end_epoch_report(run, epoch, lr, train_metrics, val):
         run.board.write(epoch + 1, {"loss/train": train_metrics["loss"], "loss/val": val["loss"], "lr": lr,
                                 "accuracy/train": train_metrics["acc"], "accuracy/val": val["acc"],
                                 "oneshot/val": oneshot})
-    logits, targets = verification_logits(predictor, data.val_paths, data.val_labels)
+    logits, targets = verification_logits(embedded, data.val_paths, data.val_labels)
     if logits is None:  # too few validation classes: the validation pass's own pairs
         logits, targets = val["logits"].numpy(), val["targets"].numpy()
     calibration = platt_scaling(logits, targets) if c.calibrate else None

@@ -9,12 +9,12 @@ from helpers import TRAIN, make_subset, run
 
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.dataloader import TRANSFORMS, ClassBatch, ClassBatches, class_groups, list_images, transformed
-from utils.engine import Scored, score_batch, step_loss
+from utils.dataloader import TRANSFORMS, ClassBatch, ClassBatches, PairItems, class_groups, list_images, transformed
+from utils.engine import Scored, evaluate_pairs, score_batch, step_loss
 from utils.history import LossHistory
 from utils.images import load_image
 from utils.losses import COSINE_SCALE, balanced_weights, cosine_ranking_loss, pair_bce, ranking_loss
-from utils.oneshot import evaluate_split
+from utils.oneshot import EmbeddedImages, evaluate_split
 
 
 @pytest.fixture
@@ -386,3 +386,26 @@ def test_a_blend_of_a_grey_and_a_larger_colour_drawing_is_their_darker_pixels_at
     assert blend.shape == (3, 10, 20) and blend.dtype == torch.uint8
     assert (blend[:, 3:7, 3:5] == 0).all() and (blend[:, 3:7, 15:17] == 0).all()  # both bars
     assert (blend[:, :, 8:12] == 255).all()  # the white between them stays white
+
+
+def test_validation_from_embeddings_equals_the_pair_items_scored_through_the_network(listed):
+    paths, labels, groups = listed  # as train.py validates: len(images) // batch_size steps of batch_size items
+    val_set = PairItems(paths, labels, (32, 32), items=8, steps=len(paths) // 8, train=False, groups=groups,
+                        negatives="same_group", seed="validation/0")
+    cpu, steps = torch.device("cpu"), range(len(val_set))
+    torch.manual_seed(0)
+    net = SiameseNetwork((32, 32), "resnet18").eval()
+    with torch.no_grad():
+        net.fully_connect2.weight *= 1000  # logits of a trained network's spread, not a fresh one's 0.01
+    with torch.inference_mode():
+        scored = [score_batch(net, val_set[step], cpu) for step in steps]
+    through = [step_loss(s, None) for s in scored]
+    embedded = EmbeddedImages(Siamese.from_network(net, (32, 32), cpu), paths)
+    val = evaluate_pairs(embedded, [val_set.step_pairs(step) for step in steps], cpu)
+    assert len(embedded.row) == len(set(paths)) < len(steps) * 8 * 4  # each image once, not once for each pair
+    assert torch.equal(val["targets"], torch.cat([s.targets for s in scored]))
+    logits = torch.cat([s.logits for s in scored])
+    assert logits.std() > 1  # the pairs' logits differ by far more than the tolerance
+    assert torch.allclose(val["logits"], logits, rtol=1e-3, atol=1e-2)
+    assert val["loss"] == pytest.approx(sum(float(bce) for _, bce, _ in through) / len(steps), rel=1e-3)
+    assert val["acc"] == pytest.approx(sum(float(correct) for _, _, correct in through) / len(steps), abs=1 / 16)

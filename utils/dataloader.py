@@ -233,20 +233,30 @@ class PairItems(StepBatches):
         d = rng.choice(self.by_class[other])
         return (a, b), (c, d)
 
-    def draw(self, rng):
-        """One step's `PairBatch`: every image is decoded once, then all are augmented together.
-
-        Greyscale PNGs stay one channel until the end (channel-wise ops, a third of the work).
-        """
+    def sample_step(self, rng):
+        """One step's pairs, drawn with `rng` -> ([(a, b), ...] the 2 x `items` pairs of paths in the batch's
+        order, labels (items, 2) float32)."""
         drawn = []
         for _ in range(self.items):
             items = [(pair, label) for pair, label in zip(self.sample_pair(rng), (1.0, 0.0))]
             rng.shuffle(items)
             drawn.append(items)
-        paths = [path for items in drawn for pair, _ in items for path in pair]
-        images = self.transform([load_image(path, keep_grey=True) for path in paths])
-        labels = torch.tensor([[label for _, label in items] for items in drawn])
-        return PairBatch(images.unflatten(0, (len(drawn), 2, 2)), labels)
+        return [pair for items in drawn for pair, _ in items], torch.tensor([[label for _, label in items]
+                                                                              for items in drawn])
+
+    def step_pairs(self, step):
+        """The pairs of paths and their labels (2 x items,) that `step`'s batch holds, no image decoded."""
+        pairs, labels = self.sample_step(self.generators(step)[0])
+        return pairs, labels.flatten()
+
+    def draw(self, rng):
+        """One step's `PairBatch`: every image is decoded once, then all are augmented together.
+
+        Greyscale PNGs stay one channel until the end (channel-wise ops, a third of the work).
+        """
+        pairs, labels = self.sample_step(rng)
+        images = self.transform([load_image(path, keep_grey=True) for pair in pairs for path in pair])
+        return PairBatch(images.unflatten(0, (len(labels), 2, 2)), labels)
 
 
 class ClassBatches(StepBatches):
@@ -407,9 +417,10 @@ def make_loader(dataset, num_workers, pin_memory=False):
 
 
 def load_training_data(c, rank=0, world_size=1, say=print):
-    """List, split and wrap the data of training config `c` for this process -> a namespace: `train_loader` and
-    `val_loader` (`make_loader`), `steps` (training steps an epoch), `num_train`, `num_val`, `val_paths`,
-    `val_labels`, `digest` (`data_digest`) and `description` (what a settings file records of the data).
+    """List, split and wrap the data of training config `c` for this process -> a namespace: `train_loader`
+    (`make_loader`), `val_pairs` (each validation step's pairs of paths and their labels, `PairItems.step_pairs`),
+    `steps` (training steps an epoch), `num_train`, `num_val`, `val_paths`, `val_labels`, `digest` (`data_digest`)
+    and `description` (what a settings file records of the data).
 
     Each rank draws its own batches (its seed is seed + rank) of batch_size / world_size images or items; the
     validation batches are the same every epoch. Raises DataError when the data cannot be used, and ConfigError
@@ -443,7 +454,8 @@ def load_training_data(c, rank=0, world_size=1, say=print):
     check_oneshot_measurable(c, val_labels)
     pin = c.device.type == "cuda"
     return SimpleNamespace(
-        train_loader=make_loader(train_set, c.num_workers, pin), val_loader=make_loader(val_set, c.num_workers, pin),
+        train_loader=make_loader(train_set, c.num_workers, pin),
+        val_pairs=[val_set.step_pairs(step) for step in range(len(val_set))],
         steps=steps, num_train=len(train_idx), num_val=len(val_idx), val_paths=val_paths, val_labels=val_labels,
         digest=data_digest(class_names, train_idx, labels),
         description={"dataset_path": os.path.abspath(c.dataset_path), "classes": len(class_names),

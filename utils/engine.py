@@ -149,19 +149,20 @@ def warn_if_not_learning(before, now, desc, step, show):
                    f"network is not learning yet; {NOT_LEARNING_HINT}")
 
 
-@torch.inference_mode()
-def evaluate(model, loader, device, *, amp_dtype=None, channels_last=False, desc="", show=True):
-    """The validation pass over `loader`: {"loss", "acc"} as the training epoch reports them, plus "logits" and
-    "targets", every scored pair's (on the CPU), from which a threshold or a calibration can be chosen."""
-    model.eval()
+def evaluate_pairs(embedded, steps, device, desc=""):
+    """The validation pass from embeddings: `steps`, each (pairs of paths, their labels (P,)) as `PairItems.step_pairs`
+    gives them, scored by `embedded` (an `EmbeddedImages`: every image embedded once) -> {"loss", "acc"} as the
+    training epoch reports them (per step, over every rank), plus "logits" and "targets" of every pair (on the CPU),
+    from which a threshold or a calibration can be chosen. The same figures as scoring the pair items through the
+    network, for a quarter of the images (each validation image once instead of once for each pair it is in)."""
     meter, logits_seen, targets_seen = Meter(device), [], []
-    for batch in tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True, leave=True):
-        with autocast(device, amp_dtype):
-            scored = score_batch(model, batch, device, channels_last)
-        _, bce, correct = step_loss(scored, None)
+    for pairs, targets in steps:
+        first, second = (embedded.embed([pair[side] for pair in pairs]) for side in (0, 1))
+        logits = embedded.score_pairs(first, second, logits=True)
+        _, bce, correct = step_loss(Scored(logits.to(device), targets.to(device), None, None), None)
         meter.add(bce, correct)
-        logits_seen.append(scored.logits.float().cpu())
-        targets_seen.append(scored.targets.cpu())
+        logits_seen.append(logits)
+        targets_seen.append(targets)
     meter.check_finite(desc)
     return {**meter.means(), "logits": torch.cat(logits_seen), "targets": torch.cat(targets_seen)}
 

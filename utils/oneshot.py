@@ -107,6 +107,21 @@ def run_tasks(tasks, embeddings, score_fn, seed=0):
     return outcomes
 
 
+class EmbeddedImages:
+    """A predictor's embeddings of a fixed set of image paths, each embedded once: `embed(paths)` gives their rows
+    (any of the paths given at construction), `score_pairs` is the predictor's. One epoch's validation loss, one-shot
+    check and verification pairs share one embedding of the validation images this way."""
+
+    def __init__(self, predictor, paths, progress=False, desc="embedding"):
+        self.score_pairs = predictor.score_pairs
+        self.row = {path: index for index, path in enumerate(dict.fromkeys(paths))}
+        self.embeddings = predictor.embed(list(self.row), progress=progress, desc=desc)
+
+    def embed(self, paths, **_):
+        """Paths among those embedded -> their (N, flat) embeddings."""
+        return self.embeddings[[self.row[path] for path in paths]]
+
+
 def embed_used(embed_fn, paths, indices):
     """Embed only the images `indices` names (each once) -> (embeddings, {index in paths: row of embeddings})."""
     used = sorted(set(indices))
