@@ -150,8 +150,7 @@ def run_epoch(run, epoch, stop):
     if not finished:
         return stopped(stop.requested(), run, f"in epoch {epoch + 1} at step {meter.steps}/{run.data.steps}")
     train_metrics = meter.means()
-    validated = run.average.module if run.average else unwrap(run.model)  # what is validated is what is saved
-    embedded = EmbeddedImages(Siamese.from_network(validated, c.input_shape, c.device), run.data.val_paths,
+    embedded = EmbeddedImages(Siamese.from_network(validated_model(run), c.input_shape, c.device), run.data.val_paths,
                               progress=run.is_main, desc=f"{tag} val")
     val = evaluate_pairs(embedded, run.data.val_pairs, c.device, desc=f"{tag} val")
     if run.is_main:
@@ -192,6 +191,11 @@ def build_run(c, checkpoint, rank, world_size):
         end_epoch=min(c.Epoch, state["epoch"] + c.stop_after) if c.stop_after else c.Epoch)
 
 
+def validated_model(run):
+    """The network validated and saved: the weights' average with `ema_decay`, else the model itself."""
+    return run.average.module if run.average else unwrap(run.model)
+
+
 def end_epoch_report(run, epoch, lr, train_metrics, val, embedded):
     """Rank 0 after an epoch's training and validation (`embedded`: the validation images' `EmbeddedImages`): the
     one-shot check, the epoch's line, the history, TensorBoard and the weight files; returns the figures recorded
@@ -200,8 +204,7 @@ def end_epoch_report(run, epoch, lr, train_metrics, val, embedded):
     The threshold (and the calibration) are fitted on verification pairs of the validation images, sampled as
     `eval_oneshot.py --verify` samples them: half same class, half any two classes.
     """
-    c, data, say = run.config, run.data, run.say
-    model = run.average.module if run.average else unwrap(run.model)
+    c, data, say, model = run.config, run.data, run.say, validated_model(run)
     oneshot, way = None, 0
     if c.split_by == "class" and c.oneshot_way:  # unseen classes: the accuracy users care about
         oneshot, way = evaluate_split(embedded, data.val_paths, data.val_labels, c.oneshot_way)

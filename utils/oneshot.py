@@ -117,7 +117,7 @@ class EmbeddedImages:
         self.row = {path: index for index, path in enumerate(dict.fromkeys(paths))}
         self.embeddings = predictor.embed(list(self.row), progress=progress, desc=desc)
 
-    def embed(self, paths, **_):
+    def embed(self, paths):
         """Paths among those embedded -> their (N, flat) embeddings."""
         return self.embeddings[[self.row[path] for path in paths]]
 
