@@ -18,4 +18,4 @@ class_rotations = True
 class_mirrors = True  # 976 training classes from small1's 122 characters: +4 points on unseen alphabets
 loss = "bce_ranking"
 num_workers = 0  # on 2 CPU cores the main process loads as fast as workers or faster; with a GPU, use workers
-Epoch = 60  # 23-33 min on a 2-core AVX-512 CPU limited to AVX2, fp32; more do not pay here (docs/results.md)
+Epoch = 60  # 23-54 min on 2-core AVX-512 CPUs limited to AVX2, fp32; more do not pay here (docs/results.md)
