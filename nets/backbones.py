@@ -1,4 +1,5 @@
-"""torchvision's ResNet and MobileNetV3 convolutional feature extractors, without their pooling and classifier."""
+"""torchvision's ResNet and MobileNetV3 convolutional feature extractors, without their pooling and classifier, and the
+few-shot literature's small four-block network."""
 from torch import nn
 from torchvision import models
 
@@ -56,3 +57,23 @@ class MobileNetBackbone(nn.Module):
         """
         self.features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
         return self
+
+
+class Conv4Backbone(nn.Module):
+    """Four blocks of a 3x3 convolution, batch norm, ReLU and a 2x2 max-pool, 64 channels each: the small network of
+    the few-shot literature (Vinyals et al. 2016, Snell et al. 2017), 113 k weights, at 1/16 of the input (rounded
+    down). No ImageNet weights exist for it: it trains from scratch.
+
+    State-dict keys `features.<i>.*`, the convolutions at 0, 4, 8 and 12.
+    """
+
+    def __init__(self):
+        super().__init__()
+        layers = []
+        for channels in (3, 64, 64, 64):
+            layers += [nn.Conv2d(channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.features(x)

@@ -1,4 +1,5 @@
-"""Every backbone trains, saves, is recognised by its weights, predicts alike and loads torchvision's ImageNet file."""
+"""Every backbone trains, saves, is recognised by its weights and predicts alike; those torchvision has ImageNet
+weights for load its file."""
 import os
 import re
 import urllib.request
@@ -22,6 +23,7 @@ from utils.weights import IMAGENET_WEIGHTS_URLS, load_weights
 
 SHAPE = [32, 32]
 CPU = torch.device("cpu")
+IMAGENET_BACKBONES = tuple(IMAGENET_WEIGHTS_URLS)  # all but conv4
 
 
 def train_one_step(model):
@@ -75,6 +77,23 @@ def test_resnet18_layer3_is_torchvisions_resnet18_up_to_layer3():
     assert flat_features((64, 64), "resnet18_layer3") == 4096 and net.fully_connect1.in_features == 4096
 
 
+def test_conv4_is_four_pooled_blocks_of_64_channels_and_trains_from_scratch_only(capsys):
+    net = SiameseNetwork((48, 40), "conv4")
+    convolutions = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size) for m in convolutions] == \
+        [(3, 64, (3, 3))] + [(64, 64, (3, 3))] * 3
+    assert sum(p.numel() for p in net.encoder.parameters()) == 112_832
+    with torch.no_grad():  # four 2x2 max-pools round down: 48 x 40 -> 3 x 2
+        assert net.eval().encoder(torch.zeros(1, 3, 48, 40)).shape == (1, 64, 3, 2)
+    assert "conv4" not in IMAGENET_WEIGHTS_URLS
+    with pytest.raises(SystemExit) as refused:
+        train.parse_train_config(["--backbone", "conv4", "--input_shape", "32", "32"])
+    assert refused.value.code == 2
+    assert "backbone conv4 has no ImageNet weights: set pretrained = False" in capsys.readouterr().err
+    config, _ = train.parse_train_config(["--backbone", "conv4", "--pretrained", "False", "--Cuda", "False"])
+    assert config.optimizer_type == "adam"  # from scratch: auto picks Adam
+
+
 def test_unknown_weights_are_named_as_not_siamese(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(WeightsError, match=r"other.pth: not Siamese vgg16 weights \(missing 30 keys"):
@@ -108,7 +127,7 @@ def pretrained_config(backbone):
     return config
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", IMAGENET_BACKBONES)
 def test_imagenet_weights_load_from_model_data_under_torchvisions_name(backbone, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     name = os.path.basename(IMAGENET_WEIGHTS_URLS[backbone])
@@ -128,7 +147,7 @@ def test_imagenet_weights_load_from_model_data_under_torchvisions_name(backbone,
     assert "\n" not in str(wrong.value)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", IMAGENET_BACKBONES)
 def test_missing_imagenet_weights_offline_name_the_file(backbone, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dead_proxy = "http://127.0.0.1:9"  # nothing listens there: every download fails at once, as offline

@@ -19,6 +19,7 @@ from utils.dataloader import NEGATIVES, PAIRINGS, SPLITS
 from utils.losses import LOSSES
 from utils.precision import native_bf16
 from utils.schedule import OPTIMIZERS, SCHEDULES
+from utils.weights import IMAGENET_WEIGHTS_URLS
 
 BEST_BY = ("val_loss", "oneshot")
 CHOICES = {"optimizer_type": OPTIMIZERS + ("auto",), "lr_decay_type": SCHEDULES, "split_by": SPLITS,
@@ -30,7 +31,7 @@ HARDWARE = ("bf16", "channels_last")  # "auto" decided anew on the machine that 
 KEPT_ON_RESUME = ("input_shape", "backbone", "optimizer_type")  # what makes the network and optimiser state
 # floats saved for backward per input pixel in a training step: the most saved_tensors_hooks saw at sides 32, 96, 105
 SAVED_PER_PIXEL = {"vgg16": 430, "vgg16_bn": 710, "resnet18": 220, "resnet18_layer3": 210, "resnet50": 860,
-                   "mobilenet_v3_large": 430}
+                   "mobilenet_v3_large": 430, "conv4": 400}
 
 
 class TrainConfig(argparse.Namespace):
@@ -116,6 +117,8 @@ def config_problem(c):
         check_input_shape(c.input_shape, c.backbone)
     except ValueError as e:
         return str(e)
+    if c.pretrained and not c.model_path and not c.resume and c.backbone not in IMAGENET_WEIGHTS_URLS:
+        return f"backbone {c.backbone} has no ImageNet weights: set pretrained = False to train it from scratch"
     numbers = {name: getattr(c, name) for name in ("Init_lr", "Min_lr", "momentum", "weight_decay", "train_ratio")}
     bad = [f"{name} {value}" for name, value in numbers.items() if value != "auto" and not math.isfinite(value)]
     if bad:
