@@ -3,6 +3,7 @@
     python bench.py                        # 105x105 VGG16 pair items, batch 32 (the original's defaults)
     python bench.py --quick                # the same, shorter (batch 8, fp32 alone): a few minutes at most
     python bench.py --pairing batch        # the from-scratch recipe's step (config/omniglot_scratch.py)
+    python bench.py --pairing batch --preset config/omniglot_resnet18.py   # another preset's step
     python bench.py --gallery 100000       # one query against 100,000 cached embeddings (ResNet18 at 64x64)
     python bench.py --backbones all        # instead: a table of every backbone's speed and memory (fp32)
 Figures are the best of the timed steps (the least disturbed by other processes); peak memory is
@@ -50,11 +51,14 @@ def parse_args(argv=None):
                         "has one, else the embedded glyphs in dataset/glyphs, built if absent)")
     parser.add_argument("--train_own_data", action="store_true", help="images_background/<class>/<image> layout")
     parser.add_argument("--input_shape", type=int, nargs=2, default=None,
-                        help="default: 105 105; the recipe's 64 64 with --pairing batch and --gallery")
+                        help="default: 105 105; the recipe's with --pairing batch; 64 64 with --gallery")
     parser.add_argument("--batch_size", type=int, default=None,
-                        help="items per step (2 pairs each; default 32), images per step with --pairing batch")
+                        help="items per step (2 pairs each; default 32), images per step with --pairing batch "
+                             "(default: the recipe's)")
     parser.add_argument("--pairing", choices=("items", "batch"), default="items",
                         help="batch: time the from-scratch recipe's step (class batches, every pair, ranking term)")
+    parser.add_argument("--preset", default=str(RECIPE), help="the preset whose step --pairing batch times "
+                        "(backbone, input, class batch, augmentation, loss); default: the from-scratch recipe")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     parser.add_argument("--loader_images", type=int, default=1024, help="images augmented per loader measurement")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers for the keep-up check")
@@ -72,9 +76,13 @@ def parse_args(argv=None):
                         help="only a table of these backbones' training and inference pairs/s and peak memory")
     parser.add_argument("--setting", choices=list(SETTINGS), default="fp32", help="the --backbones table's setting")
     args = parser.parse_args(argv)
-    recipe = args.pairing == "batch" or args.gallery
-    args.input_shape = args.input_shape or ([64, 64] if recipe else [105, 105])
-    args.batch_size = args.batch_size or (64 if args.pairing == "batch" else 8 if args.quick else 32)
+    try:
+        recipe = read_preset_values(args.preset) if args.pairing == "batch" else None
+    except ValueError as e:  # a missing or malformed preset, named with its line
+        parser.error(str(e))
+    default_shape = recipe["input_shape"] if recipe else [64, 64] if args.gallery else [105, 105]
+    args.input_shape = args.input_shape or default_shape
+    args.batch_size = args.batch_size or (recipe["batch_size"] if recipe else 8 if args.quick else 32)
     if args.quick:
         args.steps, args.loader_images = min(args.steps, 2), min(args.loader_images, 256)
     return args
@@ -352,12 +360,13 @@ def report_peak(batch, args, device, seconds, backbone, loss):
 
 
 def bench_recipe(args, paths, labels, class_names, device):
-    """The from-scratch recipe's step (config/omniglot_scratch.py's pairing, batch and augmentation): the model step
-    per setting, the batch drawn in the main process, and the whole step through train.py's loader."""
-    recipe = read_preset_values()
+    """The step of `args.preset` (the from-scratch recipe's: class batches, their augmentation, backbone and loss):
+    the model step per setting, the batch drawn in the main process, and the whole step through train.py's loader."""
+    recipe = read_preset_values(args.preset)
     batches = ClassBatches(paths, labels, args.input_shape, args.batch_size, recipe["images_per_class"],
                            recipe["augmentation"], class_groups(class_names), recipe["negatives"],
-                           class_rotations=recipe["class_rotations"], steps=max(2 * args.steps + 2, 4))
+                           class_rotations=recipe["class_rotations"], steps=max(2 * args.steps + 2, 4),
+                           class_mirrors=recipe["class_mirrors"])
     batch = batches[0]
     print(f"the recipe's step: {recipe['backbone']} at {args.input_shape[0]}x{args.input_shape[1]}, "
           f"{len(batch.images)} images of {recipe['images_per_class']} per class, {pair_count(batch)} pairs, "
@@ -375,11 +384,12 @@ def bench_recipe(args, paths, labels, class_names, device):
               f"{pair_count(batch) / seconds:.0f} pairs/s")
 
 
-def read_preset_values():
-    """config/omniglot_scratch.py's settings, with the config block's defaults for what it leaves out."""
+def read_preset_values(path=RECIPE):
+    """The settings of the preset at `path` (the recipe's by default), with the config block's defaults for what it
+    leaves out."""
     import train
 
-    return {**train.CONFIG, **read_preset(RECIPE, train.CONFIG)}
+    return {**train.CONFIG, **read_preset(path, train.CONFIG)}
 
 
 def timed(fn):

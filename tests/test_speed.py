@@ -167,13 +167,25 @@ def test_bench_times_the_recipes_step_and_skips_what_this_cpu_emulates(omniglot_
 
     out = run_bench("--pairing", "batch", "--dataset", omniglot_subset, "--input_shape", 32, 32, "--batch_size", 8,
                     "--steps", 1, "--workers", 1, "--threads", 1)
-    assert "8 images of 4 per class, 28 pairs, BCE + ranking term" in out
+    assert "the recipe's step: conv4 at 32x32, 8 images of 4 per class, 28 pairs, BCE + ranking term" in out
     assert re.search(rf"fp32 model step {NUMBER} s: {NUMBER} steps/s, {NUMBER} pairs/s", out), out
     assert re.search(rf"{NUMBER}% of it", out) and re.search(rf"drawn and augmented .*: {NUMBER} s", out), out
     for workers in (0, 1):
         assert re.search(rf"whole step, {workers} loader workers \(fp32\): {NUMBER} s = {NUMBER} steps/s", out), out
     timed_bf16 = re.search(r"^bf16 +training pairs/s", out, re.M) is not None
     assert timed_bf16 == native_bf16() and ("bf16 skipped" in out) == (not native_bf16()), out
+
+
+def test_bench_times_the_step_of_the_preset_it_is_given(capsys):
+    import bench
+
+    recipe = bench.parse_args(["--pairing", "batch"])
+    assert (recipe.input_shape, recipe.batch_size) == ([48, 48], 64)  # config/omniglot_scratch.py's
+    resnet18 = bench.parse_args(["--pairing", "batch", "--preset", str(ROOT / "config" / "omniglot_resnet18.py")])
+    assert bench.read_preset_values(resnet18.preset)["backbone"] == "resnet18" and resnet18.input_shape == [64, 64]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--pairing", "batch", "--preset", "config/missing.py"])
+    assert "preset config/missing.py: cannot be read" in capsys.readouterr().err
 
 
 def test_bench_times_a_gallery_query():
