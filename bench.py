@@ -368,7 +368,8 @@ def bench_recipe(args, paths, labels, class_names, device):
                            class_rotations=recipe["class_rotations"], steps=max(2 * args.steps + 2, 4),
                            class_mirrors=recipe["class_mirrors"])
     batch = batches[0]
-    print(f"the recipe's step: {recipe['backbone']} at {args.input_shape[0]}x{args.input_shape[1]}, "
+    title = "the recipe's step" if Path(args.preset).resolve() == RECIPE else f"the step of {args.preset}"
+    print(f"{title}: {recipe['backbone']} at {args.input_shape[0]}x{args.input_shape[1]}, "
           f"{len(batch.images)} images of {recipe['images_per_class']} per class, {pair_count(batch)} pairs, "
           f"BCE + ranking term, Adam")
     results = report_settings(chosen_settings(device, args), batch, args, device, recipe["backbone"], recipe["loss"])

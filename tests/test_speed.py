@@ -168,6 +168,10 @@ def test_bench_times_the_recipes_step_and_skips_what_this_cpu_emulates(omniglot_
     out = run_bench("--pairing", "batch", "--dataset", omniglot_subset, "--input_shape", 32, 32, "--batch_size", 8,
                     "--steps", 1, "--workers", 1, "--threads", 1)
     assert "the recipe's step: conv4 at 32x32, 8 images of 4 per class, 28 pairs, BCE + ranking term" in out
+    resnet18 = run_bench("--pairing", "batch", "--preset", "config/omniglot_resnet18.py", "--dataset", omniglot_subset,
+                         "--input_shape", 32, 32, "--batch_size", 8, "--steps", 1, "--workers", 0, "--threads", 1,
+                         "--quick")
+    assert "the step of config/omniglot_resnet18.py: resnet18 at 32x32, 8 images" in resnet18
     assert re.search(rf"fp32 model step {NUMBER} s: {NUMBER} steps/s, {NUMBER} pairs/s", out), out
     assert re.search(rf"{NUMBER}% of it", out) and re.search(rf"drawn and augmented .*: {NUMBER} s", out), out
     for workers in (0, 1):
