@@ -1,5 +1,6 @@
 """Every backbone trains, saves, is recognised by its weights and predicts alike; those torchvision has ImageNet
 weights for load its file."""
+import copy
 import os
 import re
 import urllib.request
@@ -93,6 +94,27 @@ def test_conv4_is_four_pooled_blocks_of_64_channels_and_trains_from_scratch_only
     config, _ = train.parse_train_config(["--backbone", "conv4", "--pretrained", "False", "--Cuda", "False"])
     assert config.optimizer_type == "adam"  # from scratch: auto picks Adam
 
+
+
+def test_conv4_pools_before_its_relu_as_the_same_function_and_gradients():
+    # The textbook order is conv, batch norm, ReLU, pool; pooling first is cheaper and must compute the same
+    torch.manual_seed(0)
+    net = SiameseNetwork((32, 32), "conv4").train()
+    textbook = []
+    for i in range(0, 16, 4):
+        conv, norm = copy.deepcopy(net.encoder.features[i]), copy.deepcopy(net.encoder.features[i + 1])
+        textbook += [conv, norm, torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    textbook = torch.nn.Sequential(*textbook).train()
+    images = torch.rand(8, 3, 32, 32)
+    ours, theirs = net.encoder(images), textbook(images)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    (ours * torch.arange(ours.numel()).reshape(ours.shape)).sum().backward()
+    (theirs * torch.arange(theirs.numel()).reshape(theirs.shape)).sum().backward()
+    for i in (0, 1, 12, 13):  # the first and last convolution and batch norm
+        for mine, other in zip(net.encoder.features[i].parameters(), textbook[i].parameters()):
+            torch.testing.assert_close(mine.grad, other.grad, rtol=1e-4, atol=1e-4)
+    assert [k for k in net.state_dict() if k.startswith("conv4.features.5.")][:2] == \
+        ["conv4.features.5.weight", "conv4.features.5.bias"]
 
 def test_unknown_weights_are_named_as_not_siamese(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
