@@ -259,12 +259,18 @@ def peak_flops(device, size=2048, repeats=5):
     return 2 * size ** 3 / best_seconds(lambda: a @ b, repeats, device)
 
 
+def train_fp32_setting(device):
+    """The fp32 setting train.py's `channels_last auto` picks on `device`: NHWC on a CPU, NCHW on a GPU."""
+    return "fp32+channels_last" if device.type == "cpu" else "fp32"
+
+
 def chosen_settings(device, args):
     """The settings to time on `device`: fp32 ones always; bf16 where native (or with --all_settings); fp16 on
-    CUDA; compile with --compile. Prints which are skipped and why. --quick times fp32 alone."""
+    CUDA; compile with --compile. Prints which are skipped and why. --quick times fp32 alone (and the fp32 setting
+    train.py picks, where that is channels_last)."""
     if args.quick:
-        print("--quick: fp32 alone; the other settings with python bench.py")
-        return ["fp32"]
+        print("--quick: fp32 alone (and train.py's fp32 setting); the other settings with python bench.py")
+        return sorted({"fp32", train_fp32_setting(device)}, key=list(SETTINGS).index)
     settings = ["fp32", "fp32+channels_last"]
     if native_bf16(device) or args.all_settings:
         settings += ["bf16", "bf16+channels_last"]
@@ -353,7 +359,8 @@ def report_settings(settings, batch, args, device, backbone="vgg16", loss="bce")
 
 
 def report_peak(batch, args, device, seconds, backbone, loss):
-    """Print the fp32 step's floating-point operations and the fraction of this device's measured peak it reaches."""
+    """Print the fp32 step's floating-point operations and the fraction of this device's measured peak that
+    `seconds` a step reaches."""
     flops, peak = step_flops(batch, args.input_shape, backbone, device, loss), peak_flops(device)
     print(f"fp32 step: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s = {flops / seconds / 1e9:.1f} GFLOP/s; "
           f"peak (a 2048x2048 fp32 matrix product) {peak / 1e9:.1f} GFLOP/s: {100 * flops / seconds / peak:.0f}% of it")
@@ -373,15 +380,17 @@ def bench_recipe(args, paths, labels, class_names, device):
           f"{len(batch.images)} images of {recipe['images_per_class']} per class, {pair_count(batch)} pairs, "
           f"BCE + ranking term, Adam")
     results = report_settings(chosen_settings(device, args), batch, args, device, recipe["backbone"], recipe["loss"])
-    fp32 = results["fp32"]
-    print(f"fp32 model step {fp32['step']:.3f} s: {1 / fp32['step']:.2f} steps/s, {fp32['train']:.0f} pairs/s")
+    setting = train_fp32_setting(device)
+    fp32 = results[setting]
+    print(f"fp32 model step ({setting}, as train.py trains) {fp32['step']:.3f} s: {1 / fp32['step']:.2f} steps/s, "
+          f"{fp32['train']:.0f} pairs/s")
     report_peak(batch, args, device, fp32["step"], recipe["backbone"], recipe["loss"])
     draw = statistics.median(timed(lambda step=step: batches[step]) for step in range(1, 1 + args.steps))
     print(f"one class batch drawn and augmented in the main process: {draw:.3f} s")
     for workers in sorted({0, min(args.workers, os.cpu_count() or 1)}):
         seconds = loop_seconds(batches, workers, device, recipe["backbone"], args.input_shape, args.steps,
-                               recipe["loss"])
-        print(f"whole step, {workers} loader workers (fp32): {seconds:.3f} s = {1 / seconds:.2f} steps/s, "
+                               recipe["loss"], SETTINGS[setting][1])
+        print(f"whole step, {workers} loader workers ({setting}): {seconds:.3f} s = {1 / seconds:.2f} steps/s, "
               f"{pair_count(batch) / seconds:.0f} pairs/s")
 
 
@@ -399,11 +408,13 @@ def timed(fn):
     return time.perf_counter() - start
 
 
-def loop_seconds(batches, workers, device, backbone, input_shape, steps, loss):
+def loop_seconds(batches, workers, device, backbone, input_shape, steps, loss, channels_last=False):
     """Seconds a step of train.py's own loop takes over `batches` with `workers` loader workers: the loader and the
     model together, after one warm-up step."""
     torch.manual_seed(0)
     model = SiameseNetwork(input_shape, backbone).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), "adam", 1e-4, 0.9, 0.0)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     loader = make_loader(batches, workers, device.type == "cuda")
@@ -413,8 +424,8 @@ def loop_seconds(batches, workers, device, backbone, input_shape, steps, loss):
         times.append(time.perf_counter())
         return len(times) > steps
 
-    train_one_epoch(model, loader, optimizer, scaler, device, Meter(device), loss=loss, show=False,
-                    after_step=after_step)
+    train_one_epoch(model, loader, optimizer, scaler, device, Meter(device), channels_last=channels_last, loss=loss,
+                    show=False, after_step=after_step)
     return (times[-1] - times[0]) / (len(times) - 1)
 
 
@@ -449,7 +460,7 @@ def bench_items(args, paths, labels, class_names, device):
                                             train=True), args.loader_images)
     print(f"loader images/s per worker: {ours:.0f} (PIL image by image: {baseline:.0f}; ratio {ours / baseline:.2f}x)")
     results = report_settings(chosen_settings(device, args), dataset[0], args, device)
-    report_peak(dataset[0], args, device, results["fp32"]["step"], "vgg16", "bce")
+    report_peak(dataset[0], args, device, results[train_fp32_setting(device)]["step"], "vgg16", "bce")
     workers = min(args.workers, os.cpu_count() or 1)
     supply = workers_speed(dataset, workers, 2 if args.quick else 8, device.type == "cuda")
     demand = 2 * max(r["train"] for r in results.values())  # two images per pair

@@ -144,6 +144,7 @@ def test_bench_quick_prints_every_figure(omniglot_subset):
                      rf"peak memory \(training\) {NUMBER} MiB", out, re.M)
     assert line and all(float(x) > 0 for x in line.groups()), out
     assert "--quick: fp32 alone" in out and "bf16 " not in out  # quick on any CPU: nothing emulated
+    assert re.search(r"^fp32\+channels_last +training pairs/s", out, re.M), out  # what train.py runs on a CPU
     peak = re.search(rf"fp32 step: {NUMBER} GFLOP in {NUMBER} s = {NUMBER} GFLOP/s; peak .* {NUMBER} GFLOP/s: "
                      rf"{NUMBER}% of it", out)
     assert peak and 0 < float(peak.group(5)) <= 100 * 1.5, out  # a step's FLOPs over the measured peak
@@ -172,10 +173,12 @@ def test_bench_times_the_recipes_step_and_skips_what_this_cpu_emulates(omniglot_
                          "--input_shape", 32, 32, "--batch_size", 8, "--steps", 1, "--workers", 0, "--threads", 1,
                          "--quick")
     assert "the step of config/omniglot_resnet18.py: resnet18 at 32x32, 8 images" in resnet18
-    assert re.search(rf"fp32 model step {NUMBER} s: {NUMBER} steps/s, {NUMBER} pairs/s", out), out
+    assert re.search(rf"fp32 model step \(fp32\+channels_last, as train.py trains\) {NUMBER} s: {NUMBER} steps/s, "
+                     rf"{NUMBER} pairs/s", out), out
     assert re.search(rf"{NUMBER}% of it", out) and re.search(rf"drawn and augmented .*: {NUMBER} s", out), out
     for workers in (0, 1):
-        assert re.search(rf"whole step, {workers} loader workers \(fp32\): {NUMBER} s = {NUMBER} steps/s", out), out
+        assert re.search(rf"whole step, {workers} loader workers \(fp32\+channels_last\): {NUMBER} s = {NUMBER} "
+                         rf"steps/s", out), out
     timed_bf16 = re.search(r"^bf16 +training pairs/s", out, re.M) is not None
     assert timed_bf16 == native_bf16() and ("bf16 skipped" in out) == (not native_bf16()), out
 

@@ -139,7 +139,7 @@ def test_stroke_recipe_trains_with_batch_norm_and_auto_precision(omniglot_subset
     native = native_bf16()
     assert f"| {native} (auto)" in next(line for line in result.stdout.splitlines() if line.startswith("bf16 "))
     channels = next(line for line in result.stdout.splitlines() if line.startswith("channels_last "))
-    assert f"| {native} (auto)" in channels
+    assert "| True (auto)" in channels  # on a CPU whatever the precision
     # epoch 1 is warm-up at a tenth of the rate (24 steps stay near ln 2 on any CPU); epoch 2 must have learnt.
     # Measured: 0.636 in bf16 (AMX Xeon), 0.632 in fp32; no learning is 0.693
     losses = [float(x) for x in next(save_dir.glob("loss_*/epoch_loss.txt")).read_text().split()]
@@ -155,6 +155,8 @@ def test_auto_settings_parse_and_explicit_values_win():
     config, _ = train.parse_train_config(["--Cuda", "False"])
     assert {"bf16", "channels_last"} <= set(config.auto) and config.saved()["bf16"] == "auto"
     assert config.bf16 == native_bf16() and config.amp_dtype == (torch.bfloat16 if config.bf16 else None)
+    config, _ = train.parse_train_config(["--bf16", "False", "--Cuda", "False"])
+    assert (config.amp_dtype, config.channels_last) == (None, True)  # NHWC in fp32 too: faster on a CPU
     config, _ = train.parse_train_config(["--bf16", "False", "--channels_last", "True", "--Cuda", "False"])
     assert config.bf16 is False and config.channels_last is True
     assert (config.amp_dtype, config.channels_last) == (None, True)

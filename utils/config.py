@@ -87,7 +87,7 @@ def resolve(c, given, checkpoint=None):
     From ImageNet or `model_path` weights, optimizer_type and augmentation are the original's sgd and autoaugment;
     from scratch adam and none. weight_decay follows the optimiser (Adam's L2 penalty is not decoupled, so 0 with
     adam; 1e-2, torch's default, with adamw); Min_lr is Init_lr * 0.01; bf16 is on where the device does it
-    natively, channels_last when a 16-bit format is on.
+    natively, channels_last on a CPU and when a 16-bit format is on.
     """
     from_weights = c.pretrained or c.model_path
     decided = {
@@ -107,7 +107,7 @@ def resolve(c, given, checkpoint=None):
         c.auto["bf16"], c.bf16 = True, native_bf16(c.device)
     c.amp_dtype = torch.float16 if (c.fp16 and use_cuda) else torch.bfloat16 if c.bf16 else None
     if c.channels_last == "auto":
-        c.auto["channels_last"], c.channels_last = True, c.amp_dtype is not None
+        c.auto["channels_last"], c.channels_last = True, c.amp_dtype is not None or c.device.type == "cpu"
     return c
 
 
