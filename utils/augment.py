@@ -1,5 +1,7 @@
-"""Training augmentation: per-image torchvision pipelines, and the batched AutoAugment the loader uses."""
+"""Training augmentation: per-image torchvision pipelines, and the batched AutoAugment, affine and stroke
+augmentations the loader uses."""
 import math
+from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,9 @@ from utils.images import GREY, eval_transform
 AUGMENTATIONS = ("autoaugment", "affine", "strokes", "jitter", "none")
 WHITE = 255  # the "affine" fill: drawings such as Omniglot's are ink on white paper
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+# Koch et al.'s small distortions of a drawing for "affine" and "strokes": degrees, translation (of the side),
+# scale, x-shear (degrees)
+AFFINE_MOVES = {"degrees": 10, "translate": 0.08, "scale": (0.85, 1.15), "shear": 15}
 
 # The AutoAugment ImageNet policy (Cubuk et al., 2019), as torchvision 0.29 has it: 25 sub-policies of two
 # (op, probability, magnitude bin) steps, the bin None for ops without a magnitude.
@@ -79,42 +84,118 @@ class RandomLetterbox(torch.nn.Module):
         return v2.functional.pad(resized, [left, top, width - nw - left, height - nh - top], fill=GREY)
 
 
-class StrokeWidth(torch.nn.Module):
-    """Dark strokes on a light ground made a pixel thinner (3x3 maximum) or thicker (3x3 minimum), each with
-    probability `p`, at the drawing's own resolution; uint8 (C, H, W) in and out."""
+def stroke_width(images, draws, p=0.25):
+    """Dark strokes on a light ground made a pixel thinner (3x3 maximum) where an image's `draws` (N,) value in
+    [0, 1) is below `p`, thicker (3x3 minimum) where it is in [p, 2p), else left: uint8 (N, C, H, W) in and out."""
+    out = images.clone()
+    for rows, pick in ((draws < p, torch.maximum), ((draws >= p) & (draws < 2 * p), torch.minimum)):
+        if rows.any():
+            out[rows] = neighbourhood(images[rows], pick)
+    return out
 
-    def __init__(self, p=0.25):
-        super().__init__()
-        self.p = p
 
-    def forward(self, image):
-        draw = float(torch.rand(()))
-        if draw >= 2 * self.p:
-            return image
-        pixels = image.float()[None]
-        if draw < self.p:
-            return F.max_pool2d(pixels, 3, 1, 1)[0].to(torch.uint8)
-        return (-F.max_pool2d(-pixels, 3, 1, 1))[0].to(torch.uint8)
+def neighbourhood(images, pick):
+    """The 3x3 neighbourhood's maximum (`pick` torch.maximum) or minimum (torch.minimum) of each pixel of uint8
+    (N, C, H, W) images, what lies outside left out: max_pool2d(3, 1, 1)'s, in uint8 and a few passes."""
+    out = images.clone()
+    for dim in (-1, -2):  # along rows, then along columns
+        before = out.clone()
+        size = before.shape[dim]
+        out.narrow(dim, 1, size - 1).copy_(pick(out.narrow(dim, 1, size - 1), before.narrow(dim, 0, size - 1)))
+        out.narrow(dim, 0, size - 1).copy_(pick(out.narrow(dim, 0, size - 1), before.narrow(dim, 1, size - 1)))
+    return out
 
 
 # Not torchvision's ElasticTransform: its smoothness (sigma) is in pixels, a grid's cells are fractions of the drawing
-class Elastic(torch.nn.Module):
-    """A smooth random warp, as a hand draws a character differently each time: every pixel moves by a field
-    interpolated (bicubic) from random shifts of up to `fraction` of the side on a `cells` x `cells` grid; the
-    border's colour fills what moves in. uint8 (C, H, W) in and out."""
+def elastic_shifts(count, fraction=0.04, cells=4):
+    """`count` random grids (count, 2, cells + 1, cells + 1) of shifts of up to `fraction` of the side, x then y, in
+    units of the [-1, 1] grid: a smooth warp for `elastic_warp`, as a hand draws a character differently each time."""
+    return (torch.rand(count, 2, cells + 1, cells + 1) * 2 - 1) * fraction * 2
 
-    def __init__(self, fraction=0.04, cells=4):
+
+def elastic_warp(images, shifts):
+    """uint8 (N, C, H, W) images, each warped by the field interpolated (bicubic) from its grid of `shifts`
+    (`elastic_shifts`), the border's colour filling what moves in -> uint8 (N, C, H, W)."""
+    _, _, height, width = images.shape
+    field = F.interpolate(shifts, size=(height, width), mode="bicubic", align_corners=True)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    grid = torch.stack([xs + field[:, 0], ys + field[:, 1]], -1)
+    warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return warped.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def random_affine_matrices(count, height, width, degrees, translate, scale, shear):
+    """`count` random moves of torchvision's RandomAffine(degrees, (translate, translate), scale, shear) for
+    height x width images, drawn as it draws them, as inverse matrices (count, 2, 3) float64 for `_affine`."""
+    matrices = []
+    for _ in range(count):
+        angle = uniform(-degrees, degrees)
+        moves = [int(round(uniform(-translate * side, translate * side))) for side in (width, height)]
+        factor, x_shear = uniform(*scale), uniform(-shear, shear)
+        matrices.append(inverse_affine(angle, moves, factor, x_shear))
+    return torch.tensor(matrices, dtype=torch.float64)
+
+
+def inverse_affine(degrees, translate, scale, x_shear):
+    """The (2, 3) matrix, as nested lists, taking an output pixel to the input point it shows (both from the image
+    centre) for torchvision's affine move: shear along x by `x_shear` degrees, turn by `degrees`, scale, then move by
+    `translate` (x, y) pixels."""
+    turn, slope = math.radians(degrees), math.tan(math.radians(x_shear))
+    cos, sin = math.cos(turn), math.sin(turn)
+    # the forward matrix is the turn times [[1, -slope], [0, 1]]: determinant 1, so its inverse is its adjugate
+    row0 = [(cos - sin * slope) / scale, (cos * slope + sin) / scale]
+    row1 = [-sin / scale, cos / scale]
+    tx, ty = translate
+    return [row0 + [-(row0[0] * tx + row0[1] * ty)], row1 + [-(row1[0] * tx + row1[1] * ty)]]
+
+
+class BatchStrokes:
+    """The "strokes" augmentation (or "affine", with `strokes` False) of a list of uint8 (1 or 3, H, W) images
+    -> uint8 (N, 3, h, w). "affine": the validation resize, then small random distortions of a drawing (rotation 10
+    degrees, translation 8%, scale 0.85-1.15, shear 15 degrees, nearest, white fill), as Koch et al. used for
+    Omniglot; "strokes" adds handwriting's own variation before them: strokes a pixel thinner or thicker (each with
+    probability 0.25, at the drawing's own resolution) and a smooth elastic warp. Images of one size go through each
+    step in one call."""
+
+    def __init__(self, input_shape, strokes=True):
+        self.resize, self.strokes = eval_transform(input_shape), strokes
+
+    def __call__(self, images):
+        if self.strokes:
+            draws = torch.rand(len(images))
+            images = by_size(images, lambda batch, rows: stroke_width(batch, draws[rows]))
+        channels = max(image.shape[0] for image in images)
+        resized = by_size(images, lambda batch, rows: self.resize(batch))
+        batch = torch.stack([image.expand(channels, -1, -1) for image in resized])
+        if self.strokes:
+            batch = elastic_warp(batch, elastic_shifts(len(batch)))
+        matrices = random_affine_matrices(len(batch), *batch.shape[-2:], **AFFINE_MOVES)
+        return _affine(batch, matrices, fill=WHITE).expand(-1, 3, -1, -1)
+
+
+class OneImage(torch.nn.Module):
+    """A batch augmentation (a list of images -> (N, 3, h, w)) as a per-image transform: uint8 (C, H, W) ->
+    uint8 (C, h, w)."""
+
+    def __init__(self, batch_augmentation):
         super().__init__()
-        self.fraction, self.cells = fraction, cells
+        self.batch_augmentation = batch_augmentation
 
     def forward(self, image):
-        _, height, width = image.shape
-        shifts = (torch.rand(1, 2, self.cells + 1, self.cells + 1) * 2 - 1) * self.fraction * 2  # of the [-1, 1] grid
-        field = F.interpolate(shifts, size=(height, width), mode="bicubic", align_corners=True)[0]
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-        grid = torch.stack([xs + field[0], ys + field[1]], -1)[None]
-        warped = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return warped[0].round_().clamp_(0, 255).to(torch.uint8)
+        return self.batch_augmentation([image])[0, :image.shape[0]]
+
+
+def by_size(images, fn):
+    """`fn(batch, rows)` on each group of same-shape (C, H, W) images of the list `images`, stacked as `batch`
+    (k, C, H, W), `rows` their places in the list -> the list of the results' rows in the list's order."""
+    groups = defaultdict(list)
+    for row, image in enumerate(images):
+        groups[tuple(image.shape)].append(row)
+    out = [None] * len(images)
+    for rows in groups.values():
+        for row, image in zip(rows, fn(torch.stack([images[row] for row in rows]), rows)):
+            out[row] = image
+    return out
 
 
 def uniform(low, high):
@@ -126,22 +207,15 @@ def train_transform(input_shape, augmentation="autoaugment"):
     """Training augmentation of one image: uint8 (3, H, W) -> uint8 (3, h, w).
 
     `autoaugment` (the original default): random resized crop, flip, one AutoAugment ImageNet
-    sub-policy. `affine`: the validation resize, then small random distortions of a drawing (rotation
-    10 degrees, translation 8%, scale 0.85-1.15, shear 15 degrees, white fill), as Koch et al. used for Omniglot.
-    `strokes`: handwriting's own variation before `affine`: strokes a pixel thinner or thicker, and a smooth
-    elastic warp of the drawing.
+    sub-policy. `affine` and `strokes`: `BatchStrokes` on one image.
     `jitter`: scale/aspect jitter with grey padding, flip, rotation, HSV jitter.
     `none`: the validation preprocessing.
     """
     size = list(input_shape)
     if augmentation == "none":
         return eval_transform(size)
-    # nearest: torchvision's bilinear fill darkens the border seam (it weights the fill twice)
-    distort = v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.85, 1.15), shear=15, fill=WHITE)
-    if augmentation == "affine":
-        return v2.Compose([eval_transform(size), distort])
-    if augmentation == "strokes":
-        return v2.Compose([StrokeWidth(), eval_transform(size), Elastic(), distort])
+    if augmentation in ("affine", "strokes"):
+        return OneImage(BatchStrokes(size, strokes=augmentation == "strokes"))
     if augmentation == "autoaugment":
         steps = [
             v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
@@ -168,6 +242,7 @@ class PerImage:
 
     def __call__(self, images):
         return torch.stack([self.transform(image).expand(3, -1, -1) for image in images])
+
 
 
 def sample_crop_boxes(sizes, scale=CROP_SCALE, ratio=CROP_RATIO, attempts=10):

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from utils.augment import BatchAutoAugment, PerImage, train_transform
+from utils.augment import BatchAutoAugment, BatchStrokes, PerImage, train_transform
 from utils.errors import ConfigError, DataError, ImageError
 from utils.files import warn_skipped
 from utils.images import eval_transform, is_image_file, load_image, resize, verify_image
@@ -150,9 +150,11 @@ def data_digest(class_names, train_indices, labels):
 
 def batch_transform(input_shape, train=True, augmentation="autoaugment"):
     """What turns a list of decoded uint8 images into one uint8 (N, 3, H, W) batch: the training
-    `augmentation` (AutoAugment batched), or the validation resize when not `train`."""
+    `augmentation` (AutoAugment, affine and strokes batched), or the validation resize when not `train`."""
     if train and augmentation == "autoaugment":
         return BatchAutoAugment(input_shape)
+    if train and augmentation in ("strokes", "affine"):
+        return BatchStrokes(input_shape, strokes=augmentation == "strokes")
     return PerImage(train_transform(input_shape, augmentation) if train else eval_transform(input_shape))
 
 
