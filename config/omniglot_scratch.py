@@ -18,4 +18,4 @@ class_rotations = True
 class_mirrors = True  # 976 training classes from small1's 122 characters: +4 points on unseen alphabets
 loss = "bce_ranking"
 num_workers = 0  # on 2 CPU cores the main process loads as fast as workers or faster; with a GPU, use workers
-Epoch = 100  # 38 min on a 2-core Xeon limited to AVX2, fp32; 140 do not pay (docs/results.md)
+Epoch = 100  # 25 min on a 2-core Xeon limited to AVX2, fp32; 140 do not pay (docs/results.md)
