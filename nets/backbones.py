@@ -60,20 +60,20 @@ class MobileNetBackbone(nn.Module):
 
 
 class Conv4Backbone(nn.Module):
-    """Four blocks of a 3x3 convolution, batch norm, ReLU and a 2x2 max-pool, 64 channels each: the small network of
-    the few-shot literature (Vinyals et al. 2016, Snell et al. 2017), 113 k weights, at 1/16 of the input (rounded
+    """Four blocks of a 3x3 convolution, batch norm, ReLU and a 2x2 max-pool, `channels` each (64: the small network
+    of the few-shot literature, Vinyals et al. 2016, Snell et al. 2017, 113 k weights), at 1/16 of the input (rounded
     down). No ImageNet weights exist for it: it trains from scratch.
 
     State-dict keys `features.<i>.*`, the convolutions at 0, 4, 8 and 12, their batch norms at 1, 5, 9 and 13.
     """
 
-    def __init__(self):
+    def __init__(self, channels=64):
         super().__init__()
         layers = []
-        for channels in (3, 64, 64, 64):
+        for inputs in (3, channels, channels, channels):
             # pool, then ReLU: the same function as ReLU, then pool (both keep order), on a quarter of the values
-            layers += [nn.Conv2d(channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.MaxPool2d(2),
-                       nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(inputs, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                       nn.MaxPool2d(2), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
 
     def forward(self, x):

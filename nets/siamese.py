@@ -7,11 +7,14 @@ from nets.backbones import Conv4Backbone, MobileNetBackbone, ResNetBackbone
 from nets.vgg import VGG16Backbone
 
 MIN_SIDE = 32  # most backbones halve the input five times: below 32 VGG16's map is empty, the others' one padded pixel
-BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large", "conv4")
+BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large", "conv4", "conv4_96",
+             "conv4_128")
 FEATURE_CHANNELS = {"vgg16": 512, "vgg16_bn": 512, "resnet18": 512, "resnet18_layer3": 256, "resnet50": 2048,
-                    "mobilenet_v3_large": 960, "conv4": 64}
-FEATURE_STRIDE = {"resnet18_layer3": 16, "conv4": 16}  # the others' feature maps are 1/32 of the input
-POOLED = ("vgg16", "vgg16_bn", "conv4")  # halve by max-pools, rounding down; the others by strided convolutions
+                    "mobilenet_v3_large": 960, "conv4": 64, "conv4_96": 96, "conv4_128": 128}
+# these maps are 1/16 of the input, the others' 1/32
+FEATURE_STRIDE = {"resnet18_layer3": 16, "conv4": 16, "conv4_96": 16, "conv4_128": 16}
+# these halve by max-pools, rounding down; the others by strided convolutions
+POOLED = ("vgg16", "vgg16_bn", "conv4", "conv4_96", "conv4_128")
 
 
 def check_input_shape(input_shape, backbone=None):
@@ -45,7 +48,7 @@ def backbone_of(state):
 
 def flat_features(input_shape, backbone="vgg16"):
     """Length of `backbone`'s flattened feature map for an (H, W) input: channels * (H/32) * (W/32) (H/16 and W/16
-    for resnet18_layer3 and conv4).
+    for resnet18_layer3 and the conv4s).
 
     The max-pools of VGG16 and conv4 round each halving down (512 * (H//32) * (W//32)); the others' padded strided
     convolutions round it up.
@@ -58,14 +61,14 @@ def flat_features(input_shape, backbone="vgg16"):
 
 
 def make_backbone(backbone):
-    """A `backbone` feature extractor (a name in BACKBONES) with random weights; all but conv4 have a
+    """A `backbone` feature extractor (a name in BACKBONES) with random weights; all but the conv4s have a
     `load_imagenet(state)` method."""
     if backbone.startswith("vgg"):
         return VGG16Backbone(batch_norm=backbone == "vgg16_bn")
     if backbone.startswith("resnet"):
         return ResNetBackbone(backbone)
-    if backbone == "conv4":
-        return Conv4Backbone()
+    if backbone.startswith("conv4"):
+        return Conv4Backbone(FEATURE_CHANNELS[backbone])  # conv4_96: 96 channels a block
     return MobileNetBackbone(backbone)
 
 
@@ -75,7 +78,7 @@ class SiameseNetwork(nn.Module):
     State-dict keys for `backbone` "vgg16": `vgg.features.<i>.*`, `fully_connect1.*`, `fully_connect2.*`,
     the same as the original repository, so its weights load here unchanged and ours load there.
     "vgg16_bn" adds batch norms (other feature indices, so those weights are ours alone); torchvision's
-    "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large" and the small "conv4" sit under an attribute of
+    "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large" and the small "conv4"s sit under an attribute of
     their own name (`resnet18.layer1.0.conv1.weight`, `conv4.features.0.weight`, ...). `encoder` is the backbone
     module whichever it is.
     `feature_dropout` zeroes that share of each pair's |f1 - f2| in training mode only; it holds no weights.

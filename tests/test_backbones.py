@@ -78,20 +78,23 @@ def test_resnet18_layer3_is_torchvisions_resnet18_up_to_layer3():
     assert flat_features((64, 64), "resnet18_layer3") == 4096 and net.fully_connect1.in_features == 4096
 
 
-def test_conv4_is_four_pooled_blocks_of_64_channels_and_trains_from_scratch_only(capsys):
-    net = SiameseNetwork((48, 40), "conv4")
+@pytest.mark.parametrize("backbone, channels, weights", [("conv4", 64, 112_832), ("conv4_96", 96, 252_192),
+                                                        ("conv4_128", 128, 446_848)])
+def test_conv4_is_four_pooled_blocks_and_trains_from_scratch_only(backbone, channels, weights, capsys):
+    net = SiameseNetwork((48, 40), backbone)
     convolutions = [m for m in net.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(m.in_channels, m.out_channels, m.kernel_size) for m in convolutions] == \
-        [(3, 64, (3, 3))] + [(64, 64, (3, 3))] * 3
-    assert sum(p.numel() for p in net.encoder.parameters()) == 112_832
+        [(3, channels, (3, 3))] + [(channels, channels, (3, 3))] * 3
+    assert sum(p.numel() for p in net.encoder.parameters()) == weights
     with torch.no_grad():  # four 2x2 max-pools round down: 48 x 40 -> 3 x 2
-        assert net.eval().encoder(torch.zeros(1, 3, 48, 40)).shape == (1, 64, 3, 2)
-    assert "conv4" not in IMAGENET_WEIGHTS_URLS
+        assert net.eval().encoder(torch.zeros(1, 3, 48, 40)).shape == (1, channels, 3, 2)
+    assert flat_features((48, 40), backbone) == channels * 6 == net.fully_connect1.in_features
+    assert backbone not in IMAGENET_WEIGHTS_URLS
     with pytest.raises(SystemExit) as refused:
-        train.parse_train_config(["--backbone", "conv4", "--input_shape", "32", "32"])
+        train.parse_train_config(["--backbone", backbone, "--input_shape", "32", "32"])
     assert refused.value.code == 2
-    assert "backbone conv4 has no ImageNet weights: set pretrained = False" in capsys.readouterr().err
-    config, _ = train.parse_train_config(["--backbone", "conv4", "--pretrained", "False", "--Cuda", "False"])
+    assert f"backbone {backbone} has no ImageNet weights: set pretrained = False" in capsys.readouterr().err
+    config, _ = train.parse_train_config(["--backbone", backbone, "--pretrained", "False", "--Cuda", "False"])
     assert config.optimizer_type == "adam"  # from scratch: auto picks Adam
 
 

@@ -31,7 +31,8 @@ HARDWARE = ("bf16", "channels_last")  # "auto" decided anew on the machine that 
 KEPT_ON_RESUME = ("input_shape", "backbone", "optimizer_type")  # what makes the network and optimiser state
 # floats saved for backward per input pixel in a training step: the most saved_tensors_hooks saw at sides 32, 96, 105
 SAVED_PER_PIXEL = {"vgg16": 430, "vgg16_bn": 710, "resnet18": 220, "resnet18_layer3": 210, "resnet50": 860,
-                   "mobilenet_v3_large": 430, "conv4": 400}
+                   "mobilenet_v3_large": 430, "conv4": 400, "conv4_96": 630,
+                   "conv4_128": 870}  # the conv4s: 400 scaled by what the hooks saw against conv4's
 
 
 class TrainConfig(argparse.Namespace):
