@@ -210,7 +210,7 @@ def test_train_py_runs_resnet18_end_to_end_and_its_resume_keeps_the_backbone(sma
     assert stop.value.code == 2 and "--backbone vgg16 differs from resnet18" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset, backbone, side", [("omniglot_scratch.py", "conv4", 48),
+@pytest.mark.parametrize("preset, backbone, side", [("omniglot_scratch.py", "conv4_96", 48),
                                                     ("omniglot_resnet18.py", "resnet18", 64)])
 def test_the_omniglot_presets_train_their_backbone_and_the_predictor_reads_it_back(preset, backbone, side, small1,
                                                                                    tmp_path):

@@ -168,7 +168,7 @@ def test_bench_times_the_recipes_step_and_skips_what_this_cpu_emulates(omniglot_
 
     out = run_bench("--pairing", "batch", "--dataset", omniglot_subset, "--input_shape", 32, 32, "--batch_size", 8,
                     "--steps", 1, "--workers", 1, "--threads", 1)
-    assert "the recipe's step: conv4 at 32x32, 8 images of 4 per class, 28 pairs, BCE + ranking term" in out
+    assert "the recipe's step: conv4_96 at 32x32, 8 images of 4 per class, 28 pairs, BCE + ranking term" in out
     resnet18 = run_bench("--pairing", "batch", "--preset", "config/omniglot_resnet18.py", "--dataset", omniglot_subset,
                          "--input_shape", 32, 32, "--batch_size", 8, "--steps", 1, "--workers", 0, "--threads", 1,
                          "--quick")
