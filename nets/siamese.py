@@ -7,14 +7,12 @@ from nets.backbones import Conv4Backbone, MobileNetBackbone, ResNetBackbone
 from nets.vgg import VGG16Backbone
 
 MIN_SIDE = 32  # most backbones halve the input five times: below 32 VGG16's map is empty, the others' one padded pixel
-BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large", "conv4", "conv4_96",
-             "conv4_128")
+CONV4_CHANNELS = {"conv4": 64, "conv4_96": 96, "conv4_128": 128}  # the four-block network's widths, a name each
+BACKBONES = ("vgg16", "vgg16_bn", "resnet18", "resnet18_layer3", "resnet50", "mobilenet_v3_large", *CONV4_CHANNELS)
 FEATURE_CHANNELS = {"vgg16": 512, "vgg16_bn": 512, "resnet18": 512, "resnet18_layer3": 256, "resnet50": 2048,
-                    "mobilenet_v3_large": 960, "conv4": 64, "conv4_96": 96, "conv4_128": 128}
-# these maps are 1/16 of the input, the others' 1/32
-FEATURE_STRIDE = {"resnet18_layer3": 16, "conv4": 16, "conv4_96": 16, "conv4_128": 16}
-# these halve by max-pools, rounding down; the others by strided convolutions
-POOLED = ("vgg16", "vgg16_bn", "conv4", "conv4_96", "conv4_128")
+                    "mobilenet_v3_large": 960, **CONV4_CHANNELS}
+FEATURE_STRIDE = {"resnet18_layer3": 16, **dict.fromkeys(CONV4_CHANNELS, 16)}  # the others' maps are 1/32 of the input
+POOLED = ("vgg16", "vgg16_bn", *CONV4_CHANNELS)  # halve by max-pools, rounding down; the others by strided convolutions
 
 
 def check_input_shape(input_shape, backbone=None):
@@ -67,8 +65,8 @@ def make_backbone(backbone):
         return VGG16Backbone(batch_norm=backbone == "vgg16_bn")
     if backbone.startswith("resnet"):
         return ResNetBackbone(backbone)
-    if backbone.startswith("conv4"):
-        return Conv4Backbone(FEATURE_CHANNELS[backbone])  # conv4_96: 96 channels a block
+    if backbone in CONV4_CHANNELS:
+        return Conv4Backbone(CONV4_CHANNELS[backbone])
     return MobileNetBackbone(backbone)
 
 
