@@ -117,7 +117,8 @@ def write_calibrated(model, args, result):
                  "tta": model.tta}
     save_calibrated(model.model_path, args.calibrate, scale, shift,
                     {"backbone": model.net.backbone, "input_shape": model.input_shape,
-                     "letterbox_image": model.letterbox_image, "threshold": threshold, "calibrated_on": fitted_on})
+                     "letterbox_image": model.letterbox_image, "crop_to_ink": model.crop_to_ink, "threshold": threshold,
+                     "calibrated_on": fitted_on})
     print(f"calibrated on these pairs: logit x {scale:.4f} {shift:+.4f}; expected calibration error "
           f"{result['ece']:.4f} -> {expected_calibration_error(scores, result['labels']):.4f} here (check it on "
           f"pairs of other classes), best threshold {threshold:.4f}")

@@ -20,7 +20,6 @@ from torch import nn
 from siamese import add_predictor_args, check_predictor_args, predictor_from_args
 from utils.errors import ImageError, SaveError, WeightsError, printable
 from utils.files import atomic_path, output_problem, remove_stale_temporaries, write_target
-from utils.images import preprocess
 from utils.interrupts import exit_on_interrupt
 
 EXTRAS = "export.py needs onnx, onnxscript and onnxruntime: pip install -r requirements-extras.txt"
@@ -80,16 +79,17 @@ def require_extras():
         raise SystemExit(f"error: {EXTRAS}") from None
 
 
-def check_batches(images, embedder, input_shape):
+def check_batches(images, embedder, predictor):
     """Inputs for the parity check at each of CHECK_BATCH_SIZES: a list of tuples of (B, 3, H, W) tensors.
 
-    `images` (paths) are preprocessed as the predictor does; with none, synthetic 8-bit images are made
+    `images` (paths) are preprocessed as `predictor` does; with none, synthetic 8-bit images are made
     from a fixed seed. The pair scorer gets pairs of different images (i, i + 1), wrapping round.
     """
     if images:
-        batch = torch.stack([preprocess(path, input_shape) for path in images])
+        batch = torch.stack([predictor.preprocess(path) for path in images])
     else:
-        pixels = np.random.default_rng(0).integers(0, 256, (SYNTHETIC_IMAGES, 3, *input_shape), dtype=np.uint8)
+        pixels = np.random.default_rng(0).integers(0, 256, (SYNTHETIC_IMAGES, 3, *predictor.input_shape),
+                                                   dtype=np.uint8)
         batch = torch.from_numpy(pixels).float() / 255  # quantised like a decoded PNG
     batches = []
     for size in CHECK_BATCH_SIZES:
@@ -160,7 +160,8 @@ def checked_inputs(args):
         args.cuda = False
         predictor = predictor_from_args(args, verbose=False)
         args.input_shape = predictor.input_shape  # given, or from the weights' settings file
-        return predictor.net, check_batches(args.check_images, args.embedder, args.input_shape)
+        args.crop_to_ink = predictor.crop_to_ink
+        return predictor.net, check_batches(args.check_images, args.embedder, predictor)
     except (WeightsError, ImageError) as e:
         raise SystemExit(f"error: {printable(e)}") from None
 
@@ -196,6 +197,8 @@ def main(argv=None):
     height, width = args.input_shape
     print(f"wrote {printable(args.out)}: {net.backbone} {kind}; {', '.join(names[0])} float32 (N, 3, {height}, "
           f"{width}) in [0, 1] -> {names[1][0]}")
+    if args.crop_to_ink:
+        print("these weights take each image cropped to its ink first (crop_to_ink): docs/deploy.md says how")
 
 
 if __name__ == "__main__":

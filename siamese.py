@@ -27,6 +27,7 @@ class Siamese:
         "model_path": "model_data/Omniglot_vgg.pth",
         "input_shape": [105, 105],  # the size the weights were trained at
         "letterbox_image": False,  # False: resize + centre crop (as validation); True: keep aspect, grey padding
+        "crop_to_ink": False,  # True: fit the square around a drawing's dark ink instead of the whole image
         "cuda": None,  # None: a GPU when there is one
         "threshold": 0.5,  # similarity from which a pair is called the same
         "tta": 0,  # embed each image also shifted this many ways (up to 8) and average: steadier, slower
@@ -40,7 +41,7 @@ class Siamese:
         state, recorded, source = read_weights(self.model_path)
         self.settings = choose_settings(given, recorded, source, self.model_path)
         self.input_shape = list(self.settings["input_shape"][0])
-        self.letterbox_image = self.settings["letterbox_image"][0]
+        self.letterbox_image, self.crop_to_ink = self.settings["letterbox_image"][0], self.settings["crop_to_ink"][0]
         self.threshold, self.tta = self.settings["threshold"][0], int(self.settings["tta"][0])
         self.device = choose_device(self.settings["cuda"][0])
         backbone = recorded.get("backbone") or backbone_of(state)
@@ -52,19 +53,19 @@ class Siamese:
             show_config(**{name: describe(*self.settings[name]) for name in self.defaults})
 
     @classmethod
-    def from_network(cls, net, input_shape, device, letterbox_image=False):
+    def from_network(cls, net, input_shape, device, letterbox_image=False, crop_to_ink=False):
         """A predictor around a network in memory (training's, for its per-epoch one-shot check); `net` is put in
         eval mode while the predictor is used and left so."""
         predictor = cls.__new__(cls)
         predictor.model_path, predictor.net, predictor.device = None, net.eval(), device
         predictor.input_shape, predictor.letterbox_image, predictor.threshold = list(input_shape), letterbox_image, 0.5
-        predictor.tta = 0
+        predictor.tta, predictor.crop_to_ink = 0, crop_to_ink
         predictor.settings = {}
         return predictor
 
     def preprocess(self, image):
         """A PIL image, uint8 tensor or path -> (3, H, W) float tensor at this model's input size."""
-        return preprocess(image, self.input_shape, self.letterbox_image)
+        return preprocess(image, self.input_shape, self.letterbox_image, self.crop_to_ink)
 
     @torch.inference_mode()
     def embed(self, images, batch_size=EMBED_BATCH, progress=False, desc="embedding"):
@@ -188,13 +189,13 @@ def choose_settings(given, recorded, source, model_path):
     """{name: (value, where it came from)} for every predictor setting.
 
     A value in `given` (not None) wins over the one `recorded` with the weights (in the file `source`), which wins
-    over the default; a given input_shape or letterbox_image that differs from the recorded one raises WeightsError
-    naming both.
+    over the default; a given input_shape, letterbox_image or crop_to_ink that differs from the recorded one raises
+    WeightsError naming both.
     """
     chosen = {}
     for name, default in Siamese.defaults.items():
         value = given.get(name)
-        if name in ("input_shape", "letterbox_image") and value is not None and name in recorded:
+        if name in ("input_shape", "letterbox_image", "crop_to_ink") and value is not None and name in recorded:
             if (list(value) if name == "input_shape" else value) != recorded[name]:
                 raise WeightsError(f"{name} {list(value) if name == 'input_shape' else value} contradicts "
                                    f"{recorded[name]} recorded in {source} for {model_path}: leave {name} out to "
@@ -233,7 +234,8 @@ def choose_device(cuda):
 
 
 def add_predictor_args(parser):
-    """Add the predictor's settings (--model_path, --input_shape, --letterbox_image, --cuda) to an argparse parser.
+    """Add the predictor's settings (--model_path, --input_shape, --letterbox_image, --crop_to_ink, --cuda, --tta) to
+    an argparse parser.
 
     Each defaults to None, meaning: from the weights' settings file, else `Siamese.defaults`.
     """
@@ -245,6 +247,9 @@ def add_predictor_args(parser):
     parser.add_argument("--letterbox_image", type=parse_bool, default=None, metavar="True|False",
                         help="keep aspect ratio with grey padding instead of resize + centre crop (default: from "
                              "the settings file, else False)")
+    parser.add_argument("--crop_to_ink", type=parse_bool, default=None, metavar="True|False",
+                        help="fit the square around a drawing's dark ink instead of the whole image, as weights "
+                             "trained with crop_to_ink need (default: from the settings file, else False)")
     parser.add_argument("--cuda", type=parse_bool, default=None, metavar="True|False",
                         help="use the GPU (default: when there is one; True without one: the CPU, with a note)")
     parser.add_argument("--tta", type=int, default=None, choices=range(9), metavar="0-8",
@@ -264,6 +269,7 @@ def check_predictor_args(parser, args):
 def predictor_from_args(args, verbose=True, **extra):
     """A Siamese predictor from parsed `add_predictor_args` settings (and `extra` ones such as threshold)."""
     return Siamese(model_path=args.model_path, input_shape=args.input_shape, letterbox_image=args.letterbox_image,
+                   crop_to_ink=args.crop_to_ink,
                    cuda=args.cuda, tta=args.tta, verbose=verbose, **extra)
 
 

@@ -43,6 +43,7 @@ channels_last = "auto"  # NHWC memory format, faster with bf16/fp16; "auto": whe
 compile = False  # torch.compile the model (on a CPU it costs minutes to compile and does not pay: docs/results.md)
 dataset_path = "dataset"  # folder holding images_background/
 input_shape = [105, 105]  # [height, width]; multiples of 32 waste nothing
+crop_to_ink = False  # drawings: fit the square around the ink of each image, not all of it (the weights record it)
 train_own_data = False  # False: images_background/<alphabet>/<character>/; True: images_background/<class>/
 split_by = "image"  # "image": the original 90/10 split of images; "class": validation classes unseen in training
 train_ratio = 0.9  # share of images (or classes) used for training; the rest validates
@@ -150,7 +151,8 @@ def run_epoch(run, epoch, stop):
     if not finished:
         return stopped(stop.requested(), run, f"in epoch {epoch + 1} at step {meter.steps}/{run.data.steps}")
     train_metrics = meter.means()
-    embedded = EmbeddedImages(Siamese.from_network(validated_model(run), c.input_shape, c.device), run.data.val_paths,
+    predictor = Siamese.from_network(validated_model(run), c.input_shape, c.device, crop_to_ink=c.crop_to_ink)
+    embedded = EmbeddedImages(predictor, run.data.val_paths,
                               progress=run.is_main, desc=f"{tag} val")
     val = evaluate_pairs(embedded, run.data.val_pairs, c.device, desc=f"{tag} val")
     if run.is_main:

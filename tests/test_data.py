@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from utils.augment import train_transform
-from utils.dataloader import PairItems, class_groups, list_images, split_by_class, split_by_image, split_indices
+from utils.dataloader import (ClassBatches, PairItems, class_groups, list_images, split_by_class, split_by_image,
+                              split_indices)
 from utils.engine import pair_sides
 from utils.errors import DataError
-from utils.images import preprocess
+from utils.images import INK_LEVEL, INK_MARGIN, ink_square, load_image, preprocess, resize
 
 
 def test_omniglot_layout_lists_one_class_per_character(omniglot_subset):
@@ -159,3 +160,45 @@ def test_affine_augmentation_distorts_drawings_and_fills_white(omniglot_subset):
     ink = [(out < 128).float().mean().item() for out in outputs]
     reference = (drawing < 128).float().mean().item()
     assert all(0.5 * reference < share < 2.0 * reference for share in ink)  # a distortion, not a different image
+
+
+def test_crop_to_ink_frames_the_drawing_wherever_and_however_small_it_was_drawn(small1):
+    path = sorted(small1.glob("Greek/*/*.png"))[3]
+    drawing = load_image(str(path), keep_grey=True)
+    source = (drawing[0] < INK_LEVEL).nonzero()
+    assert (source.max(0).values - source.min(0).values).max() < 105 / (1 + 2 * INK_MARGIN) - 10  # not framed yet
+    square = ink_square(drawing)
+    assert square.shape == (1, 105, 105) and square.dtype == torch.uint8
+    ink = (square[0] < INK_LEVEL).nonzero()
+    low, high = ink.min(0).values, ink.max(0).values
+    margin = 105 * INK_MARGIN / (1 + 2 * INK_MARGIN)
+    assert (high - low).max() >= 105 - 2 * margin - 3  # the larger side spans the frame but for the margins
+    assert abs((low + high).float() / 2 - 52).max() <= 2  # centred
+    moved = torch.full_like(drawing, 255)
+    moved[:, 50:102, 3:55] = resize(drawing, (52, 52))  # half the size, in a corner
+    again, other = ink_square(moved), ink_square(load_image(str(sorted(small1.glob("Latin/*/*.png"))[0]), True))
+    iou = lambda a, b: ((a < INK_LEVEL) & (b < INK_LEVEL)).sum() / ((a < INK_LEVEL) | (b < INK_LEVEL)).sum()
+    assert iou(square, again) > 0.55 > 0.35 > iou(square, other)  # the same character, framed the same way
+    corner = torch.full((3, 40, 60), 255, dtype=torch.uint8)
+    corner[:, :4, 56:] = 0  # ink at the very corner: the square leaves the image, white beyond
+    framed = ink_square(corner)
+    assert framed.shape == (3, 60, 60) and framed[:, 20:, 20:].max() == 0  # the 4x4 ink fills all but the paper
+    assert framed[:, :6].min() == 255 and framed[:, :, :6].min() == 255  # the paper above it is beyond the image
+    blank = torch.full((3, 30, 30), 255, dtype=torch.uint8)
+    assert torch.equal(ink_square(blank), blank)  # no ink: kept as it is
+
+
+def test_training_batches_crop_to_ink_as_prediction_does(omniglot_subset):
+    paths, labels, names, _ = list_images(omniglot_subset)
+    batches = ClassBatches(paths, labels, (32, 32), batch_size=8, images_per_class=4, augmentation="none",
+                           crop_to_ink=True)
+    drawn, _, _ = batches.sample_batch(batches.generators(0)[0])
+    images, _ = batches[0]
+    for image, path in zip(images, drawn):
+        expected = (preprocess(path, [32, 32], crop_to_ink=True) * 255).round().to(torch.uint8)
+        torch.testing.assert_close(image, expected, atol=1, rtol=0)
+        assert not torch.equal(expected, (preprocess(path, [32, 32]) * 255).round().to(torch.uint8))
+    items = PairItems(paths, labels, (32, 32), 2, augmentation="none", crop_to_ink=True)
+    pairs, _ = items.sample_step(items.generators(0)[0])
+    torch.testing.assert_close(items[0].images[0, 0, 0], (preprocess(pairs[0][0], [32, 32], crop_to_ink=True)
+                                                         * 255).round().to(torch.uint8), atol=1, rtol=0)

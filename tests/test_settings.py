@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, assert_one_line_error, original_format_state_dict, run
+from helpers import ROOT, TRAIN, assert_one_line_error, original_format_state_dict, run
 from PIL import Image
 
 import eval_oneshot
@@ -14,6 +14,7 @@ import predict
 from siamese import Siamese
 from utils.errors import WeightsError
 from utils.figures import draw_matches, draw_verification
+from utils.images import eval_transform, ink_square, load_image
 from utils.metrics import expected_calibration_error, reliability_bins
 
 IMAGES = [str(ROOT / "img" / name) for name in ("alef_1.png", "alef_2.png", "bet_1.png")]
@@ -232,3 +233,28 @@ def test_test_time_augmentation_averages_the_embeddings_of_shifted_views(trained
         expected = torch.stack([plain.net.embed(view) for view in views]).mean(0)
     torch.testing.assert_close(averaged.embed(IMAGES), expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(plain.embed(IMAGES), plain.net.embed(batch).detach())
+
+
+def test_weights_trained_on_ink_crops_make_prediction_crop_to_ink_too(omniglot_subset, tmp_path):
+    import train
+
+    logs = tmp_path / "logs"
+    config, _ = train.parse_train_config(["--dataset_path", str(omniglot_subset), "--save_dir", str(logs), *TRAIN,
+                                          "--backbone", "conv4", "--pairing", "batch", "--batch_size", "8",
+                                          "--split_by", "class", "--Epoch", "1", "--crop_to_ink", "True",
+                                          "--bf16", "False", "--oneshot_way", "0"])
+    train.main(config)
+    weights = logs / "last_epoch_weights.pth"
+    assert json.loads(weights.with_suffix(".json").read_text())["crop_to_ink"] is True
+    model = Siamese(model_path=str(weights), cuda=False, verbose=False)  # nothing given: the file says crop
+    assert model.settings["crop_to_ink"] == (True, f"from {weights.with_suffix('.json')}")
+    drawing = str(next(omniglot_subset.rglob("*.png")))
+    framed = eval_transform([32, 32])(ink_square(load_image(drawing)))  # the crop, done here independently
+    with torch.no_grad():
+        expected = model.net.embed((framed.float() / 255)[None]).flatten(1)
+    torch.testing.assert_close(model.embed([drawing]), expected, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        whole = model.net.embed((eval_transform([32, 32])(load_image(drawing)).float() / 255)[None]).flatten(1)
+    assert not torch.allclose(whole, expected, atol=1e-3)  # the crop changed what the network saw
+    with pytest.raises(SystemExit, match=r"crop_to_ink False contradicts True recorded in"):
+        predict.main([drawing, drawing, "--model_path", str(weights), "--crop_to_ink", "False"])

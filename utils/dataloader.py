@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from utils.augment import BatchAutoAugment, BatchStrokes, PerImage, train_transform
 from utils.errors import ConfigError, DataError, ImageError
 from utils.files import warn_skipped
-from utils.images import eval_transform, is_image_file, load_image, resize, verify_image
+from utils.images import eval_transform, ink_square, is_image_file, load_image, resize, verify_image
 
 SPLITS = ("image", "class")
 NEGATIVES = ("any", "same_group")
@@ -200,9 +200,10 @@ class PairItems(StepBatches):
     """
 
     def __init__(self, paths, labels, input_shape, items, steps=None, train=True, augmentation="autoaugment",
-                 name="dataset", groups=None, negatives="any", seed=0):
+                 name="dataset", groups=None, negatives="any", seed=0, crop_to_ink=False):
         super().__init__(max(1, len(paths) // items) if steps is None else steps, seed)
         self.paths, self.labels, self.input_shape, self.items = list(paths), list(labels), list(input_shape), items
+        self.crop_to_ink = crop_to_ink
         self.transform = batch_transform(input_shape, train, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
         self.classes = sorted(self.by_class)
@@ -257,7 +258,7 @@ class PairItems(StepBatches):
         Greyscale PNGs stay one channel until the end (channel-wise ops, a third of the work).
         """
         pairs, labels = self.sample_step(rng)
-        images = self.transform([load_image(path, keep_grey=True) for pair in pairs for path in pair])
+        images = self.transform([load_drawing(path, self.crop_to_ink) for pair in pairs for path in pair])
         return PairBatch(images.unflatten(0, (len(labels), 2, 2)), labels)
 
 
@@ -286,9 +287,10 @@ class ClassBatches(StepBatches):
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
                  groups=None, negatives="any", name="training", class_rotations=False, steps=None, seed=0,
-                 class_mirrors=False, class_blends=0.0, class_squash=0.0, class_slant=0.0):
+                 class_mirrors=False, class_blends=0.0, class_squash=0.0, class_slant=0.0, crop_to_ink=False):
         super().__init__(max(1, len(paths) // batch_size) if steps is None else steps, seed)
         self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
+        self.crop_to_ink = crop_to_ink
         self.class_blends, self.class_squash, self.class_slant = class_blends, class_squash, class_slant
         self.transform = batch_transform(input_shape, True, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
@@ -338,14 +340,17 @@ class ClassBatches(StepBatches):
 
     def draw(self, rng):
         paths, turns, labels = self.sample_batch(rng)
-        images = [transformed(load_drawing(path), k, self.class_squash, self.class_slant)
+        images = [transformed(load_drawing(path, self.crop_to_ink), k, self.class_squash, self.class_slant)
                   for path, k in zip(paths, turns)]
         return ClassBatch(self.transform(images), torch.tensor(labels))
 
 
-def load_drawing(path):
+def load_drawing(path, crop_to_ink=False):
     """A path -> its image as `load_image` keeps it (grey stays one channel); a (path, path) tuple -> the two
-    drawn over each other, the darker pixel of each, the second resized to the first's size when they differ."""
+    drawn over each other, the darker pixel of each, the second resized to the first's size when they differ.
+    With `crop_to_ink`, the `ink_square` of that image, as prediction fits it."""
+    if crop_to_ink:
+        return ink_square(load_drawing(path))
     if isinstance(path, str):
         return load_image(path, keep_grey=True)
     first, second = (load_image(p, keep_grey=True) for p in path)
@@ -471,11 +476,11 @@ def training_batches(c, paths, labels, groups, per_rank, steps, seed, say):
     some class batches must hold fewer images than asked for."""
     if c.pairing != "batch":
         return PairItems(paths, labels, c.input_shape, per_rank, steps, train=True, augmentation=c.augmentation,
-                         name="training", groups=groups, negatives=c.negatives, seed=seed)
+                         name="training", groups=groups, negatives=c.negatives, seed=seed, crop_to_ink=c.crop_to_ink)
     batches = ClassBatches(paths, labels, c.input_shape, per_rank, c.images_per_class, c.augmentation, groups,
                            c.negatives, class_rotations=c.class_rotations, steps=steps, seed=seed,
                            class_mirrors=c.class_mirrors, class_blends=c.class_blends, class_squash=c.class_squash,
-                           class_slant=c.class_slant)
+                           class_slant=c.class_slant, crop_to_ink=c.crop_to_ink)
     smallest = batches.smallest_batch()
     if smallest < per_rank:
         say(f"Note: some groups hold too few classes or images for batches of {per_rank}: a batch may hold as few "

@@ -84,6 +84,7 @@ def cache_key(predictor):
         "weights": weights_digest(predictor.net),
         "input_shape": list(predictor.input_shape),
         "letterbox_image": bool(predictor.letterbox_image),
+        "crop_to_ink": bool(predictor.crop_to_ink),
     }
 
 
@@ -137,7 +138,8 @@ def embed_files(predictor, paths, progress=True, desc="embedding gallery"):
             images = {}
             for i in range(start, min(start + CHUNK, len(paths))):
                 try:
-                    images[i] = load_fitted(paths[i], predictor.input_shape, predictor.letterbox_image)
+                    images[i] = load_fitted(paths[i], predictor.input_shape, predictor.letterbox_image,
+                                            predictor.crop_to_ink)
                 except ImageError as e:
                     errors[i] = str(e)
             if images:

@@ -19,6 +19,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at directly (Pillow's draft)
 DRAFT_MARGIN = 2  # source pixels per output pixel a reduced JPEG keeps: resampling from there matches the full decode
+INK_LEVEL = 128  # a drawing's pixel darker than this (in every channel's minimum) is ink
+INK_MARGIN = 0.1  # paper `ink_square` keeps around the ink, a share of the ink's larger side on each side
 INTEGER_MODE = re.compile(r"I;(\d+)[BLN]?(S?)")  # Pillow's integer modes and raw modes: bits, byte order, signed
 
 
@@ -184,6 +186,27 @@ def resize(image, size):
     return v2.functional.resize(plain, list(size), antialias=True).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def ink_square(image, margin=INK_MARGIN):
+    """A uint8 (C, H, W) drawing, dark ink on white -> uint8 (C, S, S), S its larger side: the square around its
+    ink, widened by `margin` of the ink's larger side on each side (white where that leaves the image), resized, so
+    that a character fills the frame however small and wherever it was drawn. An image without ink is kept as it is.
+    """
+    ink = image.amin(0) < INK_LEVEL
+    rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
+    if len(rows) == 0:
+        return image
+    top, bottom, left, right = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+    side = max(1, round(max(bottom - top, right - left) * (1 + 2 * margin)))
+    y0, x0 = (top + bottom - side) // 2, (left + right - side) // 2
+    height, width = image.shape[-2:]
+    square = image[:, max(0, y0):y0 + side, max(0, x0):x0 + side]
+    beyond = [max(0, -x0), max(0, -y0), max(0, x0 + side - width), max(0, y0 + side - height)]
+    if any(beyond):
+        square = v2.functional.pad(square, beyond, fill=255)
+    size = max(height, width)
+    return resize(square, (size, size))
+
+
 def letterbox_geometry(height, width, size):
     """How `letterbox` fits a height x width image to `size` (h, w): (the region kept as (top, left, height, width),
     the size it is resized to, the [left, top, right, bottom] grey padding): all of it, to fit, padded around."""
@@ -265,17 +288,18 @@ def decode_jpeg_fitted(path, geometry_of):
     return fit_image(pixels, (region, resized, padding))
 
 
-def load_fitted(path, input_shape, letterbox_image=False):
-    """An image file fitted to the model's input (h, w) as `eval_transform` fits it -> uint8 (3, h, w).
+def load_fitted(path, input_shape, letterbox_image=False, crop_to_ink=False):
+    """An image file fitted to the model's input (h, w) as `eval_transform` fits it -> uint8 (3, h, w); with
+    `crop_to_ink`, its `ink_square` first.
 
     A large JPEG (a phone photo) is decoded at 1/2, 1/4 or 1/8 scale where that keeps twice the input size
     (`decode_jpeg_fitted`): a 12-megapixel photo then holds 0.6 to 9 MB while it is fitted, not 36. Other files are
     decoded in full; only the one image is held at its decoded size, whatever calls this for many.
     """
     geometry_of = letterbox_geometry if letterbox_image else crop_geometry
-    fitted = decode_jpeg_fitted(path, lambda height, width: geometry_of(height, width, input_shape))
+    fitted = None if crop_to_ink else decode_jpeg_fitted(path, lambda h, w: geometry_of(h, w, input_shape))
     if fitted is None:
-        image = load_image(path)
+        image = ink_square(load_image(path)) if crop_to_ink else load_image(path)
         fitted = fit_image(image, geometry_of(*image.shape[-2:], input_shape))
     return fitted
 
@@ -309,15 +333,18 @@ def to_float(images):
     return v2.functional.to_dtype(images, torch.float32, scale=True)
 
 
-def preprocess(image, input_shape, letterbox_image=False):
-    """A PIL image, a uint8 tensor or a path -> (3, H, W) float32 tensor in [0, 1], as the model expects.
+def preprocess(image, input_shape, letterbox_image=False, crop_to_ink=False):
+    """A PIL image, a uint8 tensor or a path -> (3, H, W) float32 tensor in [0, 1], as the model expects; with
+    `crop_to_ink` (weights trained on drawings so), the `ink_square` of the image is fitted.
 
     A path is read with `load_fitted` (a large JPEG decoded at a reduced scale); what is given fitted already stays
     as it is, since fitting an image of the input size to it changes nothing.
     """
     if isinstance(image, (str, os.PathLike)):
-        return to_float(load_fitted(image, input_shape, letterbox_image))
+        return to_float(load_fitted(image, input_shape, letterbox_image, crop_to_ink))
     if isinstance(image, Image.Image):
         image = v2.functional.pil_to_tensor(to_rgb(image))
+    if crop_to_ink:
+        image = ink_square(image)
     return to_float(eval_transform(input_shape, letterbox_image)(image))
 

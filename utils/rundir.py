@@ -86,6 +86,7 @@ def save_epoch_weights(c, model, epoch, train, val, history, figures, trained_on
     if calibration is not None:
         weights = fold_calibration(weights, *calibration)
     settings = {"backbone": c.backbone, "input_shape": list(c.input_shape), "letterbox_image": False,
+                "crop_to_ink": c.crop_to_ink,
                 **figures, "trained_on": trained_on}
     names = []
     if (epoch + 1) % c.save_period == 0 or epoch + 1 == c.Epoch:

@@ -154,7 +154,7 @@ def load_exact(model, state, path):
 
 
 SETTINGS_VERSION = 1
-RECORDED = ("backbone", "input_shape", "letterbox_image", "threshold")  # what a settings file tells a predictor
+RECORDED = ("backbone", "input_shape", "letterbox_image", "crop_to_ink", "threshold")  # what settings tell a predictor
 MAX_SETTINGS_BYTES = 1 << 20
 
 
@@ -180,7 +180,8 @@ def read_weights(path):
     recorded, source, state = {}, "", state_dict_of(raw, path)
     if isinstance(raw, dict) and isinstance(raw.get("config"), dict) and isinstance(raw.get("model"), dict):
         recorded = {"backbone": raw["config"].get("backbone"), "input_shape": raw["config"].get("input_shape"),
-                    "letterbox_image": False, "threshold": raw.get("threshold")}
+                    "letterbox_image": False, "crop_to_ink": raw["config"].get("crop_to_ink", False),
+                    "threshold": raw.get("threshold")}
         problem = settings_problem(recorded) or calibration_problem(raw.get("calibration"))
         if problem:
             raise WeightsError(f"{path}: a damaged training checkpoint ({problem})")
@@ -239,8 +240,9 @@ def settings_problem(settings):
     if shape is not None and not (isinstance(shape, list) and len(shape) == 2
                                   and all(isinstance(side, int) and side >= 1 for side in shape)):
         return f"input_shape {shape!r} is not [height, width]"
-    if settings.get("letterbox_image") not in (None, True, False):
-        return f"letterbox_image {settings['letterbox_image']!r} is not true or false"
+    for name in ("letterbox_image", "crop_to_ink"):
+        if settings.get(name) not in (None, True, False):
+            return f"{name} {settings[name]!r} is not true or false"
     if threshold is not None and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
                                       and 0 <= threshold <= 1):
         return f"threshold {threshold!r} is not a number in [0, 1]"
