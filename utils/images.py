@@ -20,7 +20,7 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at directly (Pillow's draft)
 DRAFT_MARGIN = 2  # source pixels per output pixel a reduced JPEG keeps: resampling from there matches the full decode
 INK_LEVEL = 128  # a drawing's pixel darker than this (in every channel's minimum) is ink
-INK_MARGIN = 0.2  # paper `ink_square` keeps around the ink, a share of its larger side each way (0.1: 1.5 points less)
+INK_MARGIN = 0.2  # paper `ink_square` keeps around the ink, a share of its larger side each way (0.1: a point less)
 INTEGER_MODE = re.compile(r"I;(\d+)[BLN]?(S?)")  # Pillow's integer modes and raw modes: bits, byte order, signed
 
 
