@@ -12,7 +12,7 @@ from utils.dataloader import (ClassBatches, PairItems, class_groups, list_images
                               split_indices)
 from utils.engine import pair_sides
 from utils.errors import DataError
-from utils.images import INK_LEVEL, INK_MARGIN, ink_square, load_image, preprocess, resize
+from utils.images import INK_LEVEL, INK_MARGIN, MAX_INK_SIDE, ink_square, load_image, preprocess, resize
 
 
 def test_omniglot_layout_lists_one_class_per_character(omniglot_subset):
@@ -184,6 +184,9 @@ def test_crop_to_ink_frames_the_drawing_wherever_and_however_small_it_was_drawn(
     framed = ink_square(corner)
     assert framed.shape == (3, 60, 60) and framed[:, 20:40, 20:40].max() == 0  # the 4x4 ink, framed
     assert framed[:, :4].min() == 255 and framed[:, :, -4:].min() == 255  # paper beyond the image: white
+    streak = torch.full((1, 1, 200_000), 255, dtype=torch.uint8)
+    streak[..., ::7] = 0  # a 1 x 200,000 drawing: its square is bounded, not 280,000 pixels a side
+    assert ink_square(streak).shape == (1, MAX_INK_SIDE, MAX_INK_SIDE)
     blank = torch.full((3, 30, 30), 255, dtype=torch.uint8)
     assert torch.equal(ink_square(blank), blank)  # no ink: kept as it is
 

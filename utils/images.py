@@ -20,6 +20,7 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at directly (Pillow's draft)
 DRAFT_MARGIN = 2  # source pixels per output pixel a reduced JPEG keeps: resampling from there matches the full decode
 INK_LEVEL = 128  # a drawing's pixel darker than this (in every channel's minimum) is ink
+MAX_INK_SIDE = 1024  # the largest square `ink_square` gives: a 1 x 200,000 drawing is not made 200,000 x 200,000
 INK_MARGIN = 0.2  # paper `ink_square` keeps around the ink, a share of its larger side each way (0.1: a point less)
 INTEGER_MODE = re.compile(r"I;(\d+)[BLN]?(S?)")  # Pillow's integer modes and raw modes: bits, byte order, signed
 
@@ -187,9 +188,10 @@ def resize(image, size):
 
 
 def ink_square(image, margin=INK_MARGIN):
-    """A uint8 (C, H, W) drawing, dark ink on white -> uint8 (C, S, S), S its larger side: the square around its
-    ink, widened by `margin` of the ink's larger side on each side (white where that leaves the image), resized, so
-    that a character fills the frame however small and wherever it was drawn. An image without ink is kept as it is.
+    """A uint8 (C, H, W) drawing, dark ink on white -> uint8 (C, S, S), S its larger side (at most MAX_INK_SIDE): the
+    square around its ink, widened by `margin` of the ink's larger side on each side (white where that leaves the
+    image), resized, so that a character fills the frame however small and wherever it was drawn. An image without
+    ink is kept as it is. The part inside the image is resized, then padded: memory stays bounded by the image and S.
     """
     ink = image.amin(0) < INK_LEVEL
     rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
@@ -199,12 +201,16 @@ def ink_square(image, margin=INK_MARGIN):
     side = max(1, round(max(bottom - top, right - left) * (1 + 2 * margin)))
     y0, x0 = (top + bottom - side) // 2, (left + right - side) // 2
     height, width = image.shape[-2:]
-    square = image[:, max(0, y0):y0 + side, max(0, x0):x0 + side]
-    beyond = [max(0, -x0), max(0, -y0), max(0, x0 + side - width), max(0, y0 + side - height)]
-    if any(beyond):
-        square = v2.functional.pad(square, beyond, fill=255)
-    size = max(height, width)
-    return resize(square, (size, size))
+    size = min(max(height, width), MAX_INK_SIDE)
+    scale = size / side
+    y1, x1 = max(0, y0), max(0, x0)
+    inside = image[:, y1:min(height, y0 + side), x1:min(width, x0 + side)]
+    out_top, out_left = round((y1 - y0) * scale), round((x1 - x0) * scale)
+    out_height = max(1, min(size - out_top, round(inside.shape[1] * scale)))
+    out_width = max(1, min(size - out_left, round(inside.shape[2] * scale)))
+    resized = resize(inside, (out_height, out_width))
+    beyond = [out_left, out_top, size - out_left - out_width, size - out_top - out_height]
+    return v2.functional.pad(resized, beyond, fill=255) if any(beyond) else resized
 
 
 def letterbox_geometry(height, width, size):
