@@ -233,6 +233,18 @@ def test_gallery_cache_matches_uncached_and_is_reused(small2, tmp_path, model):
     assert len(classes) == 4 and all(cls == os.path.dirname(name) for _, cls, name in classes)
 
 
+def test_gallery_embeds_ink_crops_as_prediction_does(small2, tmp_path, weights):
+    cropping = predictor(weights, crop_to_ink=True)
+    folder = gallery_folder(small2, tmp_path)
+    names, embedded, _ = gallery_embeddings(cropping, folder, use_cache=False, progress=False)
+    paths = [str(folder / name) for name in names]
+    assert torch.equal(embedded, cropping.embed(paths))  # a square framed by its ink is not framed again
+    once = torch.stack([cropping.preprocess(path) for path in paths])
+    assert all(torch.equal(cropping.preprocess(image), image) for image in once)
+    with pytest.raises(ValueError, match=r"must be \(3, 32, 32\), not \(3, 48, 48\)"):
+        cropping.preprocess(torch.zeros(3, 48, 48))
+
+
 def test_gallery_cache_invalidation(small2, tmp_path, model, weights):
     folder = gallery_folder(small2, tmp_path)
     names, before, _ = gallery_embeddings(model, folder, progress=False)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from utils.errors import DataError, ImageError, WeightsError, printable
 from utils.files import atomic_save, warn_skipped
-from utils.images import image_file, is_image_file, load_fitted
+from utils.images import image_file, is_image_file
 from utils.weights import safe_load
 
 CACHE_NAME = ".siamese_embeddings.pth"
@@ -129,8 +129,8 @@ def cache_problem(cache, width):
 def embed_files(predictor, paths, progress=True, desc="embedding gallery"):
     """Embed image files, skipping the unreadable -> ({index in paths: embedding}, {index: one error line}).
 
-    Each image is fitted to the predictor's input size as soon as it is decoded (`load_fitted`), so CHUNK images at
-    the input size are held at a time, never CHUNK full-size photos.
+    Each image is preprocessed as soon as it is decoded (fitted to the input size while it is read), so CHUNK images
+    at the input size are held at a time, never CHUNK full-size photos.
     """
     rows, errors = {}, {}
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
@@ -138,8 +138,7 @@ def embed_files(predictor, paths, progress=True, desc="embedding gallery"):
             images = {}
             for i in range(start, min(start + CHUNK, len(paths))):
                 try:
-                    images[i] = load_fitted(paths[i], predictor.input_shape, predictor.letterbox_image,
-                                            predictor.crop_to_ink)
+                    images[i] = predictor.preprocess(paths[i])
                 except ImageError as e:
                     errors[i] = str(e)
             if images:

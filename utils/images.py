@@ -343,11 +343,17 @@ def preprocess(image, input_shape, letterbox_image=False, crop_to_ink=False):
     """A PIL image, a uint8 tensor or a path -> (3, H, W) float32 tensor in [0, 1], as the model expects; with
     `crop_to_ink` (weights trained on drawings so), the `ink_square` of the image is fitted.
 
-    A path is read with `load_fitted` (a large JPEG decoded at a reduced scale); what is given fitted already stays
-    as it is, since fitting an image of the input size to it changes nothing.
+    A path is read with `load_fitted` (a large JPEG decoded at a reduced scale). A float tensor is taken as this
+    function's output and returned as given, so preprocessing twice is preprocessing once (the crop is not applied
+    to a square already cropped); one of another size raises ValueError.
     """
     if isinstance(image, (str, os.PathLike)):
         return to_float(load_fitted(image, input_shape, letterbox_image, crop_to_ink))
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        if tuple(image.shape) != (3, *input_shape):
+            raise ValueError(f"a float image is taken as preprocessed and must be (3, {input_shape[0]}, "
+                             f"{input_shape[1]}), not {tuple(image.shape)}; pass uint8 or a PIL image to fit it")
+        return image
     if isinstance(image, Image.Image):
         image = v2.functional.pil_to_tensor(to_rgb(image))
     if crop_to_ink:
