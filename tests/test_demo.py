@@ -46,10 +46,11 @@ def test_reduced_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     # the reported scores are the saved best weights' own, computed here by a path that shares no code with ours
     state = torch.load(logs / "best_epoch_weights.pth", weights_only=True)
     assert backbone_of(state) == demo_setting("backbone")
-    shape = demo_setting("input_shape")
+    shape, crop = demo_setting("input_shape"), demo_setting("crop_to_ink")
     same, different = demo.example_pairs(data / "images_evaluation")
     for (a, b), reported in ((same, result["same_score"]), (different, result["different_score"])):
-        expected = direct_probability(state, preprocess(a, shape)[None], preprocess(b, shape)[None])
+        expected = direct_probability(state, preprocess(a, shape, crop_to_ink=crop)[None],
+                                      preprocess(b, shape, crop_to_ink=crop)[None])
         assert abs(float(expected) - reported) < 1e-3
     with Image.open(figure) as image:
         assert image.format == "PNG" and image.width > 200 and image.height > 200
