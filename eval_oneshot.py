@@ -17,7 +17,7 @@ from utils.configurator import parse_bool
 from utils.errors import DataError, ImageError, SaveError, WeightsError, printable
 from utils.files import output_problem
 from utils.interrupts import exit_on_interrupt
-from utils.metrics import best_threshold, expected_calibration_error, platt_scaling
+from utils.metrics import expected_calibration_error, platt_scaling, threshold_to_record
 from utils.oneshot import evaluate_folder, evaluate_runs, evaluate_verification
 from utils.weights import save_calibrated, settings_path
 
@@ -112,7 +112,7 @@ def write_calibrated(model, args, result):
     """Fit the calibration on the verified pairs, report it and write the calibrated copy of the weights."""
     scale, shift = platt_scaling(result["logits"], result["labels"])
     scores = 1 / (1 + np.exp(-(scale * result["logits"].astype(np.float64) + shift)))
-    threshold = best_threshold(scores, result["labels"])
+    threshold = threshold_to_record(scores, result["labels"])
     fitted_on = {"scale": scale, "shift": shift, "dataset": args.dataset, "pairs": result["pairs"], "seed": args.seed,
                  "tta": model.tta}
     save_calibrated(model.model_path, args.calibrate, scale, shift,
@@ -121,7 +121,7 @@ def write_calibrated(model, args, result):
                      "calibrated_on": fitted_on})
     print(f"calibrated on these pairs: logit x {scale:.4f} {shift:+.4f}; expected calibration error "
           f"{result['ece']:.4f} -> {expected_calibration_error(scores, result['labels']):.4f} here (check it on "
-          f"pairs of other classes), best threshold {threshold:.4f}")
+          f"pairs of other classes), threshold recorded {threshold:.4f}")
     print(f"wrote {printable(args.calibrate)} and its .json settings file")
 
 

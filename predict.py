@@ -203,7 +203,7 @@ def load_predictor(args):
 
 
 def verdict(model, probability):
-    """"same (threshold 0.620 from W.json)": the verdict on a similarity, and the threshold that gave it."""
+    """"same (threshold 0.500 from W.json)": the verdict on a similarity, and the threshold that gave it."""
     value, source = model.settings["threshold"]
     where = {"given": "given", "default": "default"}.get(source, source)
     return f"{model.verdict(probability)} (threshold {value:.3f}, {printable(where)})"

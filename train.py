@@ -27,7 +27,7 @@ from utils.dataloader import load_training_data
 from utils.engine import Meter, StopSignals, evaluate_pairs, train_one_epoch
 from utils.errors import ConfigError, DataError, ImageError, NonFiniteLoss, SaveError, WeightsError, one_line
 from utils.history import LossHistory, TensorBoardLog
-from utils.metrics import best_threshold, platt_scaling
+from utils.metrics import platt_scaling, threshold_to_record
 from utils.oneshot import EmbeddedImages, evaluate_split, verification_logits
 from utils.rundir import claim_save_dir, release, save_epoch_weights
 from utils.schedule import MIN_STEPS, lr_at_epoch, make_optimizer, scaled_lr, set_lr
@@ -224,7 +224,7 @@ def end_epoch_report(run, epoch, lr, train_metrics, val, embedded):
     calibration = platt_scaling(logits, targets) if c.calibrate else None
     if calibration:
         logits = calibration[0] * logits + calibration[1]
-    threshold = best_threshold(1 / (1 + np.exp(-logits)), targets)
+    threshold = threshold_to_record(1 / (1 + np.exp(-logits)), targets)
     figures = {"epoch": epoch + 1, "val_loss": val["loss"], "val_acc": val["acc"], "val_oneshot": oneshot,
                "oneshot_way": way or None, "threshold": min(max(threshold, 0.0), 1.0),
                "calibration": dict(zip(("scale", "shift"), calibration)) if calibration else None}

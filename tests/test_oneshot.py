@@ -16,7 +16,7 @@ from siamese import Siamese
 from utils.errors import DataError
 from utils.gallery import CACHE_NAME, gallery_embeddings, rank_gallery
 from utils.images import preprocess
-from utils.metrics import best_threshold, metrics_at, roc_auc
+from utils.metrics import best_threshold, metrics_at, roc_auc, threshold_to_record
 from utils.oneshot import (evaluate_embedded, evaluate_folder, evaluate_runs, evaluate_runs_embedded,
                            evaluate_verification, list_classes, list_runs, parse_run, pick_best, sample_tasks)
 
@@ -185,6 +185,21 @@ def test_verification_metrics_against_brute_force():
     assert roc_auc(np.ones(10), np.arange(10) % 2) == 0.5
     at = metrics_at([0.9, 0.8, 0.3, 0.6], [1, 0, 1, 0], 0.5)
     assert (at["accuracy"], at["precision"], at["recall"]) == (0.25, 1 / 3, 0.5)
+
+
+def test_recorded_threshold_is_half_unless_the_pairs_clearly_need_another():
+    sure = [0.9] * 100 + [0.1] * 100
+    # three positives at 0.3: the best cut moves there, but a gain of 3 of 3 differing pairs is under 3 sqrt(3)
+    scores, labels = np.array(sure + [0.3] * 3), np.array([1] * 100 + [0] * 100 + [1] * 3)
+    assert best_threshold(scores, labels) == pytest.approx(0.3)
+    assert threshold_to_record(scores, labels) == 0.5
+    # every positive at 0.3 (a similarity far too low): 100 of 100 differing pairs gained, the best cut is kept
+    scores = np.array([0.3] * 100 + [0.1] * 100)
+    assert threshold_to_record(scores, labels[:200]) == pytest.approx(0.3)
+    # 50 negatives at 0.7 above 0.5 and the positives at 0.9: a cut above 0.7 gains all 50
+    scores, labels = np.array(sure + [0.7] * 50), np.array([1] * 100 + [0] * 150)
+    assert 0.7 < threshold_to_record(scores, labels) <= 0.9
+    assert metrics_at(scores, labels, threshold_to_record(scores, labels))["accuracy"] == 1.0
 
 
 def test_verify_cli(small2, tmp_path, model, capsys):

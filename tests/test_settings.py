@@ -15,7 +15,7 @@ from siamese import Siamese
 from utils.errors import WeightsError
 from utils.figures import draw_matches, draw_verification
 from utils.images import eval_transform, ink_square, load_image
-from utils.metrics import expected_calibration_error, reliability_bins
+from utils.metrics import expected_calibration_error, reliability_bins, threshold_to_record
 
 IMAGES = [str(ROOT / "img" / name) for name in ("alef_1.png", "alef_2.png", "bet_1.png")]
 
@@ -166,7 +166,7 @@ def test_calibrate_writes_weights_whose_logits_are_the_fitted_scale_and_shift_of
 
     assert log_loss(after["logits"], after["labels"]) <= log_loss(before["logits"], before["labels"]) + 1e-9
     assert after["auc"] == pytest.approx(before["auc"], abs=1e-3)  # a positive scale keeps every ranking
-    assert settings["threshold"] == pytest.approx(after["best"]["threshold"])
+    assert settings["threshold"] == pytest.approx(threshold_to_record(after["scores"], after["labels"]))
 
 
 def test_calibrating_weights_without_a_settings_file_records_the_settings_it_scored_with(trained_run, tmp_path):

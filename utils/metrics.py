@@ -52,6 +52,18 @@ def best_threshold(scores, labels):
     return float(ranked[int(np.argmax(correct))])
 
 
+def threshold_to_record(scores, labels, z=3.0):
+    """The threshold a weights file records from these labelled pairs: 0.5, where a calibrated similarity says
+    "more likely the same than not", unless `best_threshold` beats it by more than `z` standard errors of
+    McNemar's test on the pairs the two call differently; then the best. Validation pairs of the training classes
+    are easier than new ones, so a cut that only fits their few mistakes is noise that costs on new data."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    best = best_threshold(scores, labels)
+    differ = (scores >= best) != (scores >= 0.5)
+    gain = int((((scores >= best) == labels) & differ).sum()) - int((((scores >= 0.5) == labels) & differ).sum())
+    return best if gain > z * math.sqrt(differ.sum()) else 0.5
+
+
 def verification_metrics(scores, labels, threshold=None):
     """ROC AUC, the best-accuracy threshold with its accuracy/precision/recall, the same at 0.5 and at `threshold`
     (the weights' recorded one, when given), and the expected calibration error."""
