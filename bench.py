@@ -373,7 +373,8 @@ def bench_recipe(args, paths, labels, class_names, device):
     batches = ClassBatches(paths, labels, args.input_shape, args.batch_size, recipe["images_per_class"],
                            recipe["augmentation"], class_groups(class_names), recipe["negatives"],
                            class_rotations=recipe["class_rotations"], steps=max(2 * args.steps + 2, 4),
-                           class_mirrors=recipe["class_mirrors"])
+                           class_mirrors=recipe["class_mirrors"], class_squash=recipe["class_squash"],
+                           class_slant=recipe["class_slant"], crop_to_ink=recipe["crop_to_ink"])
     batch = batches[0]
     title = "the recipe's step" if Path(args.preset).resolve() == RECIPE else f"the step of {args.preset}"
     print(f"{title}: {recipe['backbone']} at {args.input_shape[0]}x{args.input_shape[1]}, "
@@ -385,8 +386,10 @@ def bench_recipe(args, paths, labels, class_names, device):
     print(f"fp32 model step ({setting}, as train.py trains) {fp32['step']:.3f} s: {1 / fp32['step']:.2f} steps/s, "
           f"{fp32['train']:.0f} pairs/s")
     report_peak(batch, args, device, fp32["step"], recipe["backbone"], recipe["loss"])
-    draw = statistics.median(timed(lambda step=step: batches[step]) for step in range(1, 1 + args.steps))
-    print(f"one class batch drawn and augmented in the main process: {draw:.3f} s")
+    first = statistics.median(timed(lambda step=step: batches[step]) for step in range(1, len(batches)))
+    again = statistics.median(timed(lambda step=step: batches[step]) for step in range(1, len(batches)))
+    print(f"one class batch drawn and augmented in the main process: {first:.3f} s decoding its drawings, "
+          f"{again:.3f} s once they are kept (a run keeps each after its first draw)")
     for workers in sorted({0, min(args.workers, os.cpu_count() or 1)}):
         seconds = loop_seconds(batches, workers, device, recipe["backbone"], args.input_shape, args.steps,
                                recipe["loss"], SETTINGS[setting][1])

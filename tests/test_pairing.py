@@ -9,7 +9,8 @@ from helpers import TRAIN, make_subset, run
 
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.dataloader import TRANSFORMS, ClassBatch, ClassBatches, PairItems, class_groups, list_images, transformed
+from utils.dataloader import (TRANSFORMS, ClassBatch, ClassBatches, DrawingCache, PairItems, class_groups, list_images,
+                              transformed)
 from utils.engine import Scored, evaluate_pairs, score_batch, step_loss
 from utils.history import LossHistory
 from utils.images import load_image
@@ -409,3 +410,37 @@ def test_validation_from_embeddings_equals_the_pair_items_scored_through_the_net
     assert torch.allclose(val["logits"], logits, rtol=1e-3, atol=1e-2)
     assert val["loss"] == pytest.approx(sum(float(bce) for _, bce, _ in through) / len(steps), rel=1e-3)
     assert val["acc"] == pytest.approx(sum(float(correct) for _, _, correct in through) / len(steps), abs=1 / 16)
+
+
+def test_drawings_kept_decoded_give_the_very_batches_of_drawings_decoded_each_step(listed):
+    paths, labels, groups = listed
+    settings = dict(augmentation="strokes", groups=groups, negatives="same_group", class_rotations=True,
+                    class_mirrors=True, class_squash=0.6, class_slant=30, crop_to_ink=True)
+    kept = ClassBatches(paths, labels, (40, 40), 16, **settings)
+    uncached = ClassBatches(paths, labels, (40, 40), 16, **settings)
+    uncached.drawings.max_bytes = 0
+    first = [kept[step] for step in range(12)]
+    assert len(kept.drawings.items) > 50 and not uncached.drawings.items
+    stored = {key: image.clone() for key, image in kept.drawings.items.items()}
+    for step in range(12):  # drawn again from what is kept, and as if each were the first time
+        again, fresh = kept[step], uncached[step]
+        assert torch.equal(again.images, first[step].images) and torch.equal(again.images, fresh.images)
+        assert torch.equal(again.labels, fresh.labels)
+    assert all(torch.equal(kept.drawings.items[key], image) for key, image in stored.items())  # none changed in place
+    items = PairItems(paths, labels, (40, 40), 4, augmentation="affine", crop_to_ink=True)
+    plain = PairItems(paths, labels, (40, 40), 4, augmentation="affine", crop_to_ink=True)
+    plain.drawings.max_bytes = 0
+    assert all(torch.equal(items[step].images, plain[step].images) for step in (0, 1, 0, 1))
+    assert items.drawings.items
+
+
+def test_the_drawing_cache_keeps_what_fits_and_makes_the_rest_each_time():
+    cache, made = DrawingCache(max_bytes=250), []
+
+    def make(value):
+        made.append(value)
+        return torch.full((100,), value, dtype=torch.uint8)
+
+    for value in (1, 2, 3, 1, 2, 3):
+        assert torch.equal(cache.get(value, lambda value=value: make(value)), torch.full((100,), value, dtype=torch.uint8))
+    assert made == [1, 2, 3, 3] and cache.bytes == 200  # the third did not fit: made again, not kept

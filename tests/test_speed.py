@@ -175,7 +175,8 @@ def test_bench_times_the_recipes_step_and_skips_what_this_cpu_emulates(omniglot_
     assert "the step of config/omniglot_resnet18.py: resnet18 at 32x32, 8 images" in resnet18
     assert re.search(rf"fp32 model step \(fp32\+channels_last, as train.py trains\) {NUMBER} s: {NUMBER} steps/s, "
                      rf"{NUMBER} pairs/s", out), out
-    assert re.search(rf"{NUMBER}% of it", out) and re.search(rf"drawn and augmented .*: {NUMBER} s", out), out
+    assert re.search(rf"{NUMBER}% of it", out) and re.search(rf"drawn and augmented .*: {NUMBER} s decoding its "
+                                                              rf"drawings, {NUMBER} s once they are kept", out), out
     for workers in (0, 1):
         assert re.search(rf"whole step, {workers} loader workers \(fp32\+channels_last\): {NUMBER} s = {NUMBER} "
                          rf"steps/s", out), out

@@ -23,6 +23,7 @@ SPLITS = ("image", "class")
 NEGATIVES = ("any", "same_group")
 PAIRINGS = ("items", "batch")
 TRANSFORMS = 32  # class transforms: 4 turns x mirrored or not x squashed or not x slanted or not
+CACHE_BYTES = 512 * 2 ** 20  # drawings kept decoded per process: all of Omniglot's background set takes 216 MiB
 
 
 def class_groups(class_names):
@@ -169,6 +170,7 @@ class StepBatches(Dataset):
 
     def __init__(self, steps, seed):
         self.steps, self.seed = steps, seed
+        self.drawings = DrawingCache()
 
     def __len__(self):
         return self.steps
@@ -258,7 +260,8 @@ class PairItems(StepBatches):
         Greyscale PNGs stay one channel until the end (channel-wise ops, a third of the work).
         """
         pairs, labels = self.sample_step(rng)
-        images = self.transform([load_drawing(path, self.crop_to_ink) for pair in pairs for path in pair])
+        images = self.transform([self.drawings.get(path, lambda path=path: load_drawing(path, self.crop_to_ink))
+                                 for pair in pairs for path in pair])
         return PairBatch(images.unflatten(0, (len(labels), 2, 2)), labels)
 
 
@@ -340,9 +343,15 @@ class ClassBatches(StepBatches):
 
     def draw(self, rng):
         paths, turns, labels = self.sample_batch(rng)
-        images = [transformed(load_drawing(path, self.crop_to_ink), k, self.class_squash, self.class_slant)
-                  for path, k in zip(paths, turns)]
+        images = [turned(self.shaped_drawing(path, k), k) for path, k in zip(paths, turns)]
         return ClassBatch(self.transform(images), torch.tensor(labels))
+
+    def shaped_drawing(self, path, transform):
+        """The drawing at `path` decoded, framed by its ink with `crop_to_ink`, squashed and slanted as `transform`
+        asks: what a step would otherwise redo for every image it draws, kept after the first time."""
+        def make():
+            return shaped(load_drawing(path, self.crop_to_ink), transform, self.class_squash, self.class_slant)
+        return make() if isinstance(path, tuple) else self.drawings.get((path, transform // 8), make)
 
 
 def load_drawing(path, crop_to_ink=False):
@@ -365,13 +374,41 @@ def transformed(image, transform, squash=0.0, slant=0.0):
     """A uint8 (C, H, W) image squashed to `squash` of its height when `transform` % 16 >= 8, sheared by `slant`
     degrees (its top to the right) when `transform` >= 16, mirrored left to right when `transform` % 8 >= 4, then
     turned by `transform` % 4 quarter turns."""
+    return turned(shaped(image, transform, squash, slant), transform)
+
+
+def shaped(image, transform, squash=0.0, slant=0.0):
+    """`transformed`'s first part, the costly one: squashed when `transform` % 16 >= 8, slanted when >= 16."""
     if transform % 16 >= 8:
         image = squashed(image, squash)
     if transform >= 16:
         image = 255 - slanted(255 - image, slant)
+    return image
+
+
+def turned(image, transform):
+    """`transformed`'s second part, a new tensor: mirrored when `transform` % 8 >= 4, then quarter turns."""
     if transform % 8 >= 4:
         image = image.flip(-1)
     return torch.rot90(image, transform % 4, dims=(1, 2))
+
+
+class DrawingCache:
+    """Decoded drawings kept in memory by key until they fill `max_bytes`; later ones are made each time they are
+    asked for. A drawing is decoded and framed once per process instead of at every step that draws it."""
+
+    def __init__(self, max_bytes=CACHE_BYTES):
+        self.items, self.bytes, self.max_bytes = {}, 0, max_bytes
+
+    def get(self, key, make):
+        """The tensor kept under `key`, else `make()`, kept when it still fits. Callers must not change it in place."""
+        image = self.items.get(key)
+        if image is None:
+            image = make()
+            if self.bytes + image.nbytes <= self.max_bytes:
+                self.items[key] = image
+                self.bytes += image.nbytes
+        return image
 
 
 def slanted(ink, degrees):
