@@ -442,5 +442,6 @@ def test_the_drawing_cache_keeps_what_fits_and_makes_the_rest_each_time():
         return torch.full((100,), value, dtype=torch.uint8)
 
     for value in (1, 2, 3, 1, 2, 3):
-        assert torch.equal(cache.get(value, lambda value=value: make(value)), torch.full((100,), value, dtype=torch.uint8))
+        kept = cache.get(value, lambda value=value: make(value))
+        assert torch.equal(kept, torch.full((100,), value, dtype=torch.uint8))
     assert made == [1, 2, 3, 3] and cache.bytes == 200  # the third did not fit: made again, not kept
