@@ -427,11 +427,14 @@ def test_drawings_kept_decoded_give_the_very_batches_of_drawings_decoded_each_st
         assert torch.equal(again.images, first[step].images) and torch.equal(again.images, fresh.images)
         assert torch.equal(again.labels, fresh.labels)
     assert all(torch.equal(kept.drawings.items[key], image) for key, image in stored.items())  # none changed in place
-    items = PairItems(paths, labels, (40, 40), 4, augmentation="affine", crop_to_ink=True)
-    plain = PairItems(paths, labels, (40, 40), 4, augmentation="affine", crop_to_ink=True)
-    plain.drawings.max_bytes = 0
-    assert all(torch.equal(items[step].images, plain[step].images) for step in (0, 1, 0, 1))
-    assert items.drawings.items
+    for augmentation in ("autoaugment", "affine", "none"):  # pair items, through every kind of batch transform
+        items = PairItems(paths, labels, (40, 40), 4, augmentation=augmentation, crop_to_ink=True)
+        plain = PairItems(paths, labels, (40, 40), 4, augmentation=augmentation, crop_to_ink=True)
+        plain.drawings.max_bytes = 0
+        assert all(torch.equal(items[step].images, plain[step].images) for step in (0, 1))
+        stored = {key: image.clone() for key, image in items.drawings.items.items()}
+        assert stored and all(torch.equal(items[step].images, plain[step].images) for step in (0, 1))
+        assert all(torch.equal(items.drawings.items[key], image) for key, image in stored.items())
 
 
 def test_the_drawing_cache_keeps_what_fits_and_makes_the_rest_each_time():
