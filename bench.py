@@ -374,7 +374,8 @@ def bench_recipe(args, paths, labels, class_names, device):
                            recipe["augmentation"], class_groups(class_names), recipe["negatives"],
                            class_rotations=recipe["class_rotations"], steps=max(2 * args.steps + 2, 4),
                            class_mirrors=recipe["class_mirrors"], class_squash=recipe["class_squash"],
-                           class_slant=recipe["class_slant"], crop_to_ink=recipe["crop_to_ink"])
+                           class_slant=recipe["class_slant"], class_cut=recipe["class_cut"],
+                           crop_to_ink=recipe["crop_to_ink"])
     batch = batches[0]
     title = "the recipe's step" if Path(args.preset).resolve() == RECIPE else f"the step of {args.preset}"
     print(f"{title}: {recipe['backbone']} at {args.input_shape[0]}x{args.input_shape[1]}, "

@@ -59,6 +59,7 @@ class_mirrors = False  # pairing "batch": each class (and each turn of it) mirro
 class_blends = 0.0  # pairing "batch": this share of a batch's classes are two characters drawn over each other
 class_squash = 0.0  # pairing "batch": each class squashed to this share of its height is one more class (0: off)
 class_slant = 0.0  # pairing "batch": each class slanted this many degrees (italics) is one more class (0: off)
+class_cut = 0.0  # pairing "batch": the top this share of each class's ink (a part of it) is one more class (0: off)
 backbone = "vgg16"  # vgg16 (the original's), vgg16_bn, resnet18(_layer3), resnet50, mobilenet_v3_large, conv4(_96/_128)
 pretrained = True  # ImageNet weights from model_data/ (vgg16-397923af.pth; downloaded there if missing)
 model_path = ""  # start from these weights: keys whose name and shape match are loaded

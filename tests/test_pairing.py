@@ -9,8 +9,8 @@ from helpers import TRAIN, make_subset, run
 
 from nets.siamese import SiameseNetwork
 from siamese import Siamese
-from utils.dataloader import (TRANSFORMS, ClassBatch, ClassBatches, DrawingCache, PairItems, class_groups, list_images,
-                              transformed)
+from utils.dataloader import (TRANSFORMS, ClassBatch, ClassBatches, DrawingCache, PairItems, class_groups, cut_to_top,
+                              list_images, load_drawing, transformed)
 from utils.engine import Scored, evaluate_pairs, score_batch, step_loss
 from utils.history import LossHistory
 from utils.images import load_image
@@ -337,6 +337,31 @@ def test_class_slant_makes_each_class_and_each_turn_and_mirror_slanted_a_class_o
     assert torch.equal(transformed(blank, 16, slant=30), blank)  # no seam where the image's edges were
 
 
+def test_class_cut_makes_the_top_part_of_each_class_and_of_each_turn_and_mirror_a_class_of_its_own(listed):
+    paths, labels, groups = listed
+    batches = ClassBatches(paths, labels, (40, 40), batch_size=16, images_per_class=4, augmentation="none",
+                           groups=groups, negatives="same_group", class_rotations=True, class_mirrors=True,
+                           class_cut=0.5, crop_to_ink=True)
+    assert transforms_drawn(batches, paths, labels, draws=200) == set(range(8)) | set(range(32, 40))
+    upright = ClassBatches(paths, labels, (40, 40), batch_size=16, images_per_class=4, augmentation="none",
+                           crop_to_ink=True)
+    step = next(s for s in range(400) if batches.sample_batch(batches.generators(s)[0])[1][0] == 32)
+    drawn, _, _ = batches.sample_batch(batches.generators(step)[0])
+    part, whole = batches[step].images.float(), upright.transform([load_drawing(p, True) for p in drawn]).float()
+    ink = (255 - part).sum(dim=(1, 2, 3)) / (255 - whole).sum(dim=(1, 2, 3))
+    assert ((ink > 0.2) & (ink < 0.85)).all()  # part of the strokes, at their own scale
+    rows = ((part < 128).any(dim=1).any(dim=2)).float()  # (B, H): which rows hold ink
+    middle = (rows * torch.arange(40.0)).sum(1) / rows.sum(1)
+    torch.testing.assert_close(middle, torch.full_like(middle, 19.5), atol=3, rtol=0)  # centred again
+    drawing = load_drawing(drawn[0], True)
+    top = cut_to_top(drawing, 0.5)
+    ink_rows = (drawing.amin(0) < 128).any(1).nonzero().flatten()
+    cut_at = ink_rows[0] + round((ink_rows[-1] + 1 - ink_rows[0]).item() * 0.5)
+    assert torch.equal(top[:, :cut_at], drawing[:, :cut_at]) and (top[:, cut_at:] == 255).all()
+    blank = torch.full((1, 105, 105), 255, dtype=torch.uint8)
+    assert torch.equal(transformed(blank, 32, cut=0.5, reframe=True), blank)
+
+
 def test_class_blends_draw_two_characters_of_one_alphabet_over_each_other_as_a_new_class(listed):
     paths, labels, groups = listed
     batches = ClassBatches(paths, labels, (32, 32), batch_size=16, images_per_class=4, augmentation="none",
@@ -415,7 +440,7 @@ def test_validation_from_embeddings_equals_the_pair_items_scored_through_the_net
 def test_drawings_kept_decoded_give_the_very_batches_of_drawings_decoded_each_step(listed):
     paths, labels, groups = listed
     settings = dict(augmentation="strokes", groups=groups, negatives="same_group", class_rotations=True,
-                    class_mirrors=True, class_squash=0.6, class_slant=30, crop_to_ink=True)
+                    class_mirrors=True, class_squash=0.6, class_slant=30, class_cut=0.6, crop_to_ink=True)
     kept = ClassBatches(paths, labels, (40, 40), 16, **settings)
     uncached = ClassBatches(paths, labels, (40, 40), 16, **settings)
     uncached.drawings.max_bytes = 0

@@ -142,6 +142,8 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_file(finishe
     (["--pairing", "batch", "--class_squash", "1"], "class_squash 1.0 must be in [0, 1)"),
     (["--class_slant", "30"], "class_slant needs pairing batch"),
     (["--pairing", "batch", "--class_slant", "60"], "class_slant 60.0 must be in [0, 60)"),
+    (["--class_cut", "0.6"], "class_cut needs pairing batch"),
+    (["--pairing", "batch", "--class_cut", "1"], "class_cut 1.0 must be in [0, 1)"),
     (["--best_by", "oneshot", "--split_by", "image"], "best_by oneshot needs split_by class"),
     (["--oneshot_way", "1"], "oneshot_way must be 0 (off) or at least 2"),
     (["--label_smoothing", "1"], "label_smoothing 1.0 must be in [0, 1)"),

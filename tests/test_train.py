@@ -183,7 +183,8 @@ def test_new_class_transforms_and_the_cosine_term_train_weights_in_the_originals
     result = run_train(*SMALL_RUN, "--Epoch", 1, "--dataset_path", omniglot_subset, "--save_dir", save_dir,
                        "--backbone", "resnet18", "--pairing", "batch", "--images_per_class", 2, "--split_by", "class",
                        "--negatives", "same_group", "--class_rotations", "True", "--class_blends", 0.5,
-                       "--class_squash", 0.6, "--class_slant", 30, "--loss", "bce_ranking_cosine")
+                       "--class_squash", 0.6, "--class_slant", 30, "--class_cut", 0.6, "--crop_to_ink", "True",
+                       "--loss", "bce_ranking_cosine")
     assert result.returncode == 0, result.stderr[-2000:]
     (log_dir,) = save_dir.glob("loss_*")
     (train_loss,) = [float(x) for x in (log_dir / "epoch_loss.txt").read_text().split()]

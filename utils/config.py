@@ -162,6 +162,8 @@ def rate_problem(c):
         return f"class_squash {c.class_squash} must be in [0, 1) (the height a squashed class keeps; 0: off)"
     if not 0 <= c.class_slant < 60:
         return f"class_slant {c.class_slant} must be in [0, 60) (degrees of a slanted class's shear; 0: off)"
+    if not 0 <= c.class_cut < 1:
+        return f"class_cut {c.class_cut} must be in [0, 1) (the share of its ink's height a cut class keeps; 0: off)"
     if not 0 <= c.ema_decay < 1:
         return f"ema_decay {c.ema_decay} must be in [0, 1) (0: no average)"
     if c.Init_lr <= 0 or (c.Min_lr != "auto" and c.Min_lr < 0):
@@ -178,7 +180,7 @@ def pairing_problem(c):
     if c.pairing == "batch" and not 2 <= c.images_per_class <= c.batch_size // 2:
         return (f"pairing batch needs images_per_class of at least 2 and batch_size at least twice it "
                 f"(images_per_class {c.images_per_class}, batch_size {c.batch_size})")
-    for name in ("class_rotations", "class_mirrors", "class_blends", "class_squash", "class_slant"):
+    for name in ("class_rotations", "class_mirrors", "class_blends", "class_squash", "class_slant", "class_cut"):
         if getattr(c, name) and c.pairing != "batch":
             return f"{name} needs pairing batch (the new classes it makes are drawn as whole classes)"
     if c.loss != "bce" and c.pairing != "batch":

@@ -17,12 +17,12 @@ from torchvision.transforms import v2
 from utils.augment import BatchAutoAugment, BatchStrokes, PerImage, train_transform
 from utils.errors import ConfigError, DataError, ImageError
 from utils.files import warn_skipped
-from utils.images import eval_transform, ink_square, is_image_file, load_image, resize, verify_image
+from utils.images import INK_LEVEL, eval_transform, ink_square, is_image_file, load_image, resize, verify_image
 
 SPLITS = ("image", "class")
 NEGATIVES = ("any", "same_group")
 PAIRINGS = ("items", "batch")
-TRANSFORMS = 32  # class transforms: 4 turns x mirrored or not x squashed or not x slanted or not
+TRANSFORMS = 64  # class transforms: 4 turns x mirrored or not x squashed or not x slanted or not x cut or not
 CACHE_BYTES = 512 * 2 ** 20  # drawings kept decoded per process: Omniglot's background set is 203 MiB (405 slanted too)
 
 
@@ -279,22 +279,27 @@ class ClassBatches(StepBatches):
     its turns and mirroring, twice the classes again: with the turns, also squashed to s of its width.
     `class_slant` d (degrees, 0: off) adds each class (and each squashed one) sheared by d degrees like italics,
     before its turns and mirroring, twice the classes again: with them, slanted the other ways too.
+    `class_cut` f (0: off) adds each class (and each of the above) cut to the top f of its ink's height (white
+    below), centred again with `crop_to_ink`, before the squash, slant, turns and mirroring: a part of a character
+    is another character; with the turns, also its left, bottom and right parts.
     `class_blends` b makes each class of a batch, with probability b, a blend instead: that class drawn over another
     of its group at the same transform (the darker pixel of the two, for dark strokes on a light ground), a new
     character for every pair of characters; its images pair each image of one with a random image of the other.
     A step gives a `ClassBatch`: images uint8 (B, 3, H, W) and their class labels (B,) int64; a class under
-    transform t (turns + 4 * mirrored + 8 * squashed + 16 * slanted) is labelled label + t * (largest label + 1),
+    transform t (turns + 4 * mirrored + 8 * squashed + 16 * slanted + 32 * cut) is labelled label + t * (largest label + 1),
     a blend of two such labels l1 < l2 (1 + l1) * TRANSFORMS * (largest label + 1) + l2. `steps` defaults to about
     one pass over the images.
     """
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
                  groups=None, negatives="any", name="training", class_rotations=False, steps=None, seed=0,
-                 class_mirrors=False, class_blends=0.0, class_squash=0.0, class_slant=0.0, crop_to_ink=False):
+                 class_mirrors=False, class_blends=0.0, class_squash=0.0, class_slant=0.0, class_cut=0.0,
+                 crop_to_ink=False):
         super().__init__(max(1, len(paths) // batch_size) if steps is None else steps, seed)
         self.paths, self.batch_size, self.images_per_class = list(paths), batch_size, images_per_class
         self.crop_to_ink = crop_to_ink
         self.class_blends, self.class_squash, self.class_slant = class_blends, class_squash, class_slant
+        self.class_cut = class_cut
         self.transform = batch_transform(input_shape, True, augmentation)
         self.by_class = {label: [self.paths[i] for i in rows] for label, rows in indices_by_class(labels).items()}
         classes = [c for c in sorted(self.by_class) if len(self.by_class[c]) >= 2]
@@ -302,7 +307,8 @@ class ClassBatches(StepBatches):
             raise DataError(f"the {name} split has {len(classes)} class(es) with at least 2 images; "
                             f"pairing batch needs at least 2")
         pools = defaultdict(list)
-        transforms = [turns + 4 * mirrored + 8 * squashed + 16 * slanted for slanted in range(2 if class_slant else 1)
+        transforms = [turns + 4 * mirrored + 8 * squashed + 16 * slanted + 32 * cut
+                      for cut in range(2 if class_cut else 1) for slanted in range(2 if class_slant else 1)
                       for squashed in range(2 if class_squash else 1) for mirrored in range(2 if class_mirrors else 1)
                       for turns in range(4 if class_rotations else 1)]
         for c in classes:
@@ -321,7 +327,7 @@ class ClassBatches(StepBatches):
 
     def sample_batch(self, rng):
         """Draw one batch with `rng` (a `random.Random`), grouped by class: (paths, the transform of each image
-        (quarter turns + 4 when mirrored + 8 when squashed + 16 when slanted), class labels); a blended class's
+        (quarter turns + 4 when mirrored + 8 when squashed + 16 when slanted + 32 when cut), class labels); a blended class's
         images are (path, path) tuples."""
         pool = rng.choices(self.pools, self.pool_weights)[0]
         paths, turns, labels = [], [], []
@@ -347,10 +353,11 @@ class ClassBatches(StepBatches):
         return ClassBatch(self.transform(images), torch.tensor(labels))
 
     def shaped_drawing(self, path, transform):
-        """The drawing at `path` decoded, framed by its ink with `crop_to_ink`, squashed and slanted as `transform`
-        asks: what a step would otherwise redo for every image it draws, kept after the first time."""
+        """The drawing at `path` decoded, framed by its ink with `crop_to_ink`, cut, squashed and slanted as
+        `transform` asks: what a step would otherwise redo for every image it draws, kept after the first time."""
         def make():
-            return shaped(load_drawing(path, self.crop_to_ink), transform, self.class_squash, self.class_slant)
+            return shaped(load_drawing(path, self.crop_to_ink), transform, self.class_squash, self.class_slant,
+                          self.class_cut, self.crop_to_ink)
         return make() if isinstance(path, tuple) else self.drawings.get((path, transform // 8), make)
 
 
@@ -370,18 +377,22 @@ def load_drawing(path, crop_to_ink=False):
     return torch.minimum(first, second)
 
 
-def transformed(image, transform, squash=0.0, slant=0.0):
-    """A uint8 (C, H, W) image squashed to `squash` of its height when `transform` % 16 >= 8, sheared by `slant`
-    degrees (its top to the right) when `transform` >= 16, mirrored left to right when `transform` % 8 >= 4, then
-    turned by `transform` % 4 quarter turns."""
-    return turned(shaped(image, transform, squash, slant), transform)
+def transformed(image, transform, squash=0.0, slant=0.0, cut=0.0, reframe=False):
+    """A uint8 (C, H, W) image cut to the top `cut` of its ink when `transform` >= 32 (centred again with
+    `reframe`), squashed to `squash` of its height when `transform` % 16 >= 8, sheared by `slant` degrees (its top
+    to the right) when `transform` % 32 >= 16, mirrored left to right when `transform` % 8 >= 4, then turned by
+    `transform` % 4 quarter turns."""
+    return turned(shaped(image, transform, squash, slant, cut, reframe), transform)
 
 
-def shaped(image, transform, squash=0.0, slant=0.0):
-    """`transformed`'s first part, the costly one: squashed when `transform` % 16 >= 8, slanted when >= 16."""
+def shaped(image, transform, squash=0.0, slant=0.0, cut=0.0, reframe=False):
+    """`transformed`'s first part, the costly one: cut when `transform` >= 32, squashed when `transform` % 16 >= 8,
+    slanted when `transform` % 32 >= 16."""
+    if transform >= 32:
+        image = cut_to_top(image, cut, centre=reframe)
     if transform % 16 >= 8:
         image = squashed(image, squash)
-    if transform >= 16:
+    if transform % 32 >= 16:
         image = 255 - slanted(255 - image, slant)
     return image
 
@@ -416,6 +427,24 @@ def slanted(ink, degrees):
     the image, is sheared, since torchvision's bilinear fill of 255 leaves a grey seam along the image's edges."""
     return v2.functional.affine(ink, angle=0.0, translate=[0, 0], scale=1.0, shear=[degrees, 0.0], fill=0,
                                 interpolation=v2.InterpolationMode.BILINEAR)
+
+
+def cut_to_top(image, fraction, centre=False):
+    """A uint8 (C, H, W) drawing, dark ink on white, with its ink below the top `fraction` of the ink's rows made
+    white: the upper part of the character; with `centre`, moved to the middle of the image at its own scale, as
+    a drawing framed by its ink sits. An image without ink is returned as it is."""
+    rows = (image.amin(0) < INK_LEVEL).any(1).nonzero().flatten()
+    if len(rows) == 0:
+        return image
+    part = image.clone()
+    part[:, rows[0].item() + max(1, round((rows[-1].item() + 1 - rows[0].item()) * fraction)):] = 255
+    if not centre:
+        return part
+    ink = part.amin(0) < INK_LEVEL
+    rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
+    down = (part.shape[1] - rows[0].item() - rows[-1].item() - 1) // 2
+    right = (part.shape[2] - cols[0].item() - cols[-1].item() - 1) // 2
+    return part.roll((down, right), dims=(1, 2))  # what wraps round is paper beyond the ink
 
 
 def squashed(image, fraction):
@@ -517,7 +546,7 @@ def training_batches(c, paths, labels, groups, per_rank, steps, seed, say):
     batches = ClassBatches(paths, labels, c.input_shape, per_rank, c.images_per_class, c.augmentation, groups,
                            c.negatives, class_rotations=c.class_rotations, steps=steps, seed=seed,
                            class_mirrors=c.class_mirrors, class_blends=c.class_blends, class_squash=c.class_squash,
-                           class_slant=c.class_slant, crop_to_ink=c.crop_to_ink)
+                           class_slant=c.class_slant, class_cut=c.class_cut, crop_to_ink=c.crop_to_ink)
     smallest = batches.smallest_batch()
     if smallest < per_rank:
         say(f"Note: some groups hold too few classes or images for batches of {per_rank}: a batch may hold as few "
