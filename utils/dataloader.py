@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 from utils.augment import BatchAutoAugment, BatchStrokes, PerImage, train_transform
 from utils.errors import ConfigError, DataError, ImageError
 from utils.files import warn_skipped
-from utils.images import INK_LEVEL, eval_transform, ink_square, is_image_file, load_image, resize, verify_image
+from utils.images import eval_transform, ink_box, ink_square, is_image_file, load_image, resize, verify_image
 
 SPLITS = ("image", "class")
 NEGATIVES = ("any", "same_group")
@@ -433,18 +433,18 @@ def cut_to_top(image, fraction, centre=False):
     """A uint8 (C, H, W) drawing, dark ink on white, with its ink below the top `fraction` of the ink's rows made
     white: the upper part of the character; with `centre`, moved to the middle of the image at its own scale, as
     a drawing framed by its ink sits. An image without ink is returned as it is."""
-    rows = (image.amin(0) < INK_LEVEL).any(1).nonzero().flatten()
-    if len(rows) == 0:
+    box = ink_box(image)
+    if box is None:
         return image
+    top, bottom = box[:2]
     part = image.clone()
-    part[:, rows[0].item() + max(1, round((rows[-1].item() + 1 - rows[0].item()) * fraction)):] = 255
+    part[:, top + max(1, round((bottom - top) * fraction)):] = 255
     if not centre:
         return part
-    ink = part.amin(0) < INK_LEVEL
-    rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
-    down = (part.shape[1] - rows[0].item() - rows[-1].item() - 1) // 2
-    right = (part.shape[2] - cols[0].item() - cols[-1].item() - 1) // 2
-    return part.roll((down, right), dims=(1, 2))  # what wraps round is paper beyond the ink
+    top, bottom, left, right = ink_box(part)
+    down = (part.shape[1] - top - bottom) // 2
+    across = (part.shape[2] - left - right) // 2
+    return part.roll((down, across), dims=(1, 2))  # what wraps round is paper beyond the ink
 
 
 def squashed(image, fraction):

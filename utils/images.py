@@ -187,17 +187,26 @@ def resize(image, size):
     return v2.functional.resize(plain, list(size), antialias=True).round_().clamp_(0, 255).to(torch.uint8)
 
 
+def ink_box(image):
+    """A uint8 (C, H, W) drawing, dark ink on white -> (top, bottom, left, right) of its ink, the ends past the last
+    row and column; None when it has no ink."""
+    ink = image.amin(0) < INK_LEVEL
+    rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
+    if len(rows) == 0:
+        return None
+    return rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+
+
 def ink_square(image, margin=INK_MARGIN):
     """A uint8 (C, H, W) drawing, dark ink on white -> uint8 (C, S, S), S its larger side (at most MAX_INK_SIDE): the
     square around its ink, widened by `margin` of the ink's larger side on each side (white where that leaves the
     image), resized, so that a character fills the frame however small and wherever it was drawn. An image without
     ink is kept as it is. The part inside the image is resized, then padded: memory stays bounded by the image and S.
     """
-    ink = image.amin(0) < INK_LEVEL
-    rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
-    if len(rows) == 0:
+    box = ink_box(image)
+    if box is None:
         return image
-    top, bottom, left, right = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+    top, bottom, left, right = box
     side = max(1, round(max(bottom - top, right - left) * (1 + 2 * margin)))
     y0, x0 = (top + bottom - side) // 2, (left + right - side) // 2
     height, width = image.shape[-2:]
