@@ -286,9 +286,9 @@ class ClassBatches(StepBatches):
     of its group at the same transform (the darker pixel of the two, for dark strokes on a light ground), a new
     character for every pair of characters; its images pair each image of one with a random image of the other.
     A step gives a `ClassBatch`: images uint8 (B, 3, H, W) and their class labels (B,) int64; a class under
-    transform t (turns + 4 * mirrored + 8 * squashed + 16 * slanted + 32 * cut) is labelled label + t * (largest label + 1),
-    a blend of two such labels l1 < l2 (1 + l1) * TRANSFORMS * (largest label + 1) + l2. `steps` defaults to about
-    one pass over the images.
+    transform t (turns + 4 * mirrored + 8 * squashed + 16 * slanted + 32 * cut) is labelled
+    label + t * (largest label + 1), a blend of two such labels l1 < l2 (1 + l1) * TRANSFORMS * (largest label + 1)
+    + l2. `steps` defaults to about one pass over the images.
     """
 
     def __init__(self, paths, labels, input_shape, batch_size, images_per_class=4, augmentation="autoaugment",
@@ -327,8 +327,8 @@ class ClassBatches(StepBatches):
 
     def sample_batch(self, rng):
         """Draw one batch with `rng` (a `random.Random`), grouped by class: (paths, the transform of each image
-        (quarter turns + 4 when mirrored + 8 when squashed + 16 when slanted + 32 when cut), class labels); a blended class's
-        images are (path, path) tuples."""
+        (quarter turns + 4 when mirrored + 8 when squashed + 16 when slanted + 32 when cut), class labels); a blended
+        class's images are (path, path) tuples."""
         pool = rng.choices(self.pools, self.pool_weights)[0]
         paths, turns, labels = [], [], []
         for c, k in rng.sample(pool, min(self.classes_per_batch, len(pool))):
