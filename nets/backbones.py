@@ -64,15 +64,18 @@ class Conv4Backbone(nn.Module):
     of the few-shot literature, Vinyals et al. 2016, Snell et al. 2017, 113 k weights), at 1/16 of the input (rounded
     down). No ImageNet weights exist for it: it trains from scratch.
 
+    `members` > 1 holds that many such networks side by side (an ensemble in one network): member k's channels are
+    the k-th block of `channels` in every layer, its later convolutions see only its own (grouped convolutions).
+
     State-dict keys `features.<i>.*`, the convolutions at 0, 4, 8 and 12, their batch norms at 1, 5, 9 and 13.
     """
 
-    def __init__(self, channels=64):
+    def __init__(self, channels=64, members=1):
         super().__init__()
-        layers = []
-        for inputs in (3, channels, channels, channels):
+        layers, width = [], channels * members
+        for inputs, groups in ((3, 1), (width, members), (width, members), (width, members)):
             # pool, then ReLU: the same function as ReLU, then pool (both keep order), on a quarter of the values
-            layers += [nn.Conv2d(inputs, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+            layers += [nn.Conv2d(inputs, width, 3, padding=1, bias=False, groups=groups), nn.BatchNorm2d(width),
                        nn.MaxPool2d(2), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
 

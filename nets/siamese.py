@@ -1,4 +1,6 @@
 """The Siamese network: a shared backbone (VGG16 by default) and a head on |f1 - f2|."""
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +15,18 @@ FEATURE_CHANNELS = {"vgg16": 512, "vgg16_bn": 512, "resnet18": 512, "resnet18_la
                     "mobilenet_v3_large": 960, **CONV4_CHANNELS}
 FEATURE_STRIDE = {"resnet18_layer3": 16, **dict.fromkeys(CONV4_CHANNELS, 16)}  # the others' maps are 1/32 of the input
 POOLED = ("vgg16", "vgg16_bn", *CONV4_CHANNELS)  # halve by max-pools, rounding down; the others by strided convolutions
+
+
+def split_members(backbone):
+    """A backbone name -> (the name of one member, members): an ensemble of k conv4s in one network is named
+    "<conv4 name>x<k>" ("conv4_96x3" -> ("conv4_96", 3)); any other name -> (name, 1)."""
+    match = re.fullmatch(r"(conv4(?:_\d+)?)x([2-9]|[1-9]\d+)", backbone)
+    return (match[1], int(match[2])) if match and match[1] in CONV4_CHANNELS else (backbone, 1)
+
+
+def is_backbone(name):
+    """True for a name in BACKBONES or an ensemble of one of the conv4s in one network (`split_members`)."""
+    return isinstance(name, str) and split_members(name)[0] in BACKBONES
 
 
 def check_input_shape(input_shape, backbone=None):
@@ -38,7 +52,8 @@ def backbone_of(state):
     so that loading them names the keys missing.
     """
     names = {key.split(".")[0] for key in state}
-    named = [backbone for backbone in BACKBONES if backbone in names]  # VGG16s sit under "vgg", never their name
+    # VGG16s sit under "vgg", never their name
+    named = [backbone for backbone in BACKBONES if backbone in names] or sorted(filter(is_backbone, names))
     if named:
         return named[0]
     return "vgg16_bn" if any(key.endswith("running_mean") for key in state) else "vgg16"
@@ -46,29 +61,66 @@ def backbone_of(state):
 
 def flat_features(input_shape, backbone="vgg16"):
     """Length of `backbone`'s flattened feature map for an (H, W) input: channels * (H/32) * (W/32) (H/16 and W/16
-    for resnet18_layer3 and the conv4s).
+    for resnet18_layer3 and the conv4s; times the members of a conv4 ensemble).
 
     The max-pools of VGG16 and conv4 round each halving down (512 * (H//32) * (W//32)); the others' padded strided
     convolutions round it up.
     """
     height, width = input_shape
-    stride = FEATURE_STRIDE.get(backbone, 32)
+    backbone, members = split_members(backbone)
+    stride, channels = FEATURE_STRIDE.get(backbone, 32), FEATURE_CHANNELS[backbone] * members
     if backbone in POOLED:
-        return FEATURE_CHANNELS[backbone] * (height // stride) * (width // stride)
-    return FEATURE_CHANNELS[backbone] * -(-height // stride) * -(-width // stride)
+        return channels * (height // stride) * (width // stride)
+    return channels * -(-height // stride) * -(-width // stride)
 
 
 def make_backbone(backbone):
-    """A `backbone` feature extractor (a name in BACKBONES) with random weights; all but the conv4s have a
+    """A `backbone` feature extractor (`is_backbone`) with random weights; all but the conv4s have a
     `load_imagenet(state)` method."""
     if backbone.startswith("vgg"):
         return VGG16Backbone(batch_norm=backbone == "vgg16_bn")
     if backbone.startswith("resnet"):
         return ResNetBackbone(backbone)
-    if backbone in CONV4_CHANNELS:
-        return Conv4Backbone(CONV4_CHANNELS[backbone])
+    base, members = split_members(backbone)
+    if base in CONV4_CHANNELS:
+        return Conv4Backbone(CONV4_CHANNELS[base], members)
     return MobileNetBackbone(backbone)
 
+
+
+def merge_members(states, backbones):
+    """State dicts of conv4 Siamese networks (or conv4 ensembles), `backbones` their names (all one conv4 width)
+    -> (the ensemble's backbone name, its state dict): one network whose logit for a pair is the mean of the
+    members' logits (an ensemble of k members counts k times).
+
+    Each layer's members sit side by side (`Conv4Backbone(members=...)`); the head's two linear layers keep the
+    original's keys and shapes: the first holds the members' multiplied-out heads in its row 0, the second picks it.
+    Raises ValueError when a backbone is not a conv4 or the widths differ.
+    """
+    parts = [split_members(backbone) for backbone in backbones]
+    bases = {base for base, _ in parts}
+    if len(bases) != 1 or not bases <= set(CONV4_CHANNELS):
+        raise ValueError(f"only conv4 networks of one width merge, not {', '.join(backbones)}")
+    base, total = bases.pop(), sum(members for _, members in parts)
+    name = module_name(base) + f"x{total}"
+    merged = {}
+    for key, value in states[0].items():
+        if not key.startswith("fully_connect"):
+            own = key.split(".", 1)[1]
+            tensors = [state[f"{backbone}.{own}"] for state, backbone in zip(states, backbones)]
+            # a layer's members are blocks of its output channels; a count (num_batches_tracked) is the first's
+            merged[f"{name}.{own}"] = torch.cat(tensors) if value.dim() else tensors[0].clone()
+    weights, biases = [], []
+    for state, (_, members) in zip(states, parts):
+        first, second = state["fully_connect1.weight"], state["fully_connect2.weight"]
+        weights.append(members / total * (second @ first))
+        biases.append(members / total * (second @ state["fully_connect1.bias"] + state["fully_connect2.bias"]))
+    head, hidden = torch.cat(weights, 1), len(first)
+    merged["fully_connect1.weight"] = torch.cat([head, head.new_zeros(hidden - 1, head.shape[1])])
+    merged["fully_connect1.bias"] = torch.cat([sum(biases), head.new_zeros(hidden - 1)])
+    merged["fully_connect2.weight"] = torch.cat([head.new_ones(1, 1), head.new_zeros(1, hidden - 1)], 1)
+    merged["fully_connect2.bias"] = head.new_zeros(1)
+    return name, merged
 
 class SiameseNetwork(nn.Module):
     """Scores a pair of image batches; one logit per pair (sigmoid gives the similarity).
@@ -84,8 +136,9 @@ class SiameseNetwork(nn.Module):
 
     def __init__(self, input_shape=(105, 105), backbone="vgg16", feature_dropout=0.0):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if not is_backbone(backbone):
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)} (or a conv4 "
+                             f"ensemble, conv4_96x3)")
         check_input_shape(input_shape, backbone)
         self.backbone = backbone
         self.add_module(module_name(backbone), make_backbone(backbone))

@@ -8,7 +8,7 @@ import torch
 from torchvision.models import (MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet50_Weights, VGG16_BN_Weights,
                                 VGG16_Weights)
 
-from nets.siamese import BACKBONES
+from nets.siamese import BACKBONES, is_backbone
 from utils.errors import WeightsError
 from utils.files import atomic_save, atomic_write
 
@@ -246,6 +246,6 @@ def settings_problem(settings):
     if threshold is not None and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
                                       and 0 <= threshold <= 1):
         return f"threshold {threshold!r} is not a number in [0, 1]"
-    if settings.get("backbone") is not None and settings["backbone"] not in BACKBONES:
+    if settings.get("backbone") is not None and not is_backbone(settings["backbone"]):
         return f"backbone {settings['backbone']!r} is not one of {', '.join(BACKBONES)}"
     return ""
