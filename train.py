@@ -30,7 +30,7 @@ from utils.history import LossHistory, TensorBoardLog
 from utils.metrics import platt_scaling, threshold_to_record
 from utils.oneshot import EmbeddedImages, evaluate_split, verification_logits
 from utils.rundir import claim_save_dir, release, save_epoch_weights
-from utils.schedule import MIN_STEPS, lr_at_epoch, make_optimizer, scaled_lr, set_lr
+from utils.schedule import MIN_STEPS, lr_at_epoch, lr_range_line, make_optimizer, scaled_lr, set_lr
 from utils.weights import IMAGENET_WEIGHTS_URLS, load_imagenet_weights, load_matching, load_weights, unwrap
 
 # config: edit here, or pass --name value on the command line (presets in config/ set several at once)
@@ -174,6 +174,7 @@ def build_run(c, checkpoint, rank, world_size):
     if rank == 0:
         show_config(**c.table(), num_train=data.num_train, num_val=data.num_val, device=f"{c.device} x {world_size}")
     lr, min_lr = scaled_lr(c.batch_size, c.Init_lr, c.Min_lr, c.optimizer_type)
+    say(lr_range_line(c.batch_size, c.Init_lr, c.Min_lr, c.optimizer_type))
     warn_if_short(c, data.steps, say)
     model = build_model(c, say)
     optimizer = make_optimizer(model.parameters(), c.optimizer_type, lr, c.momentum, c.weight_decay)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from utils.schedule import lr_at_epoch, make_optimizer, scaled_lr
+from utils.schedule import lr_at_epoch, lr_range_line, make_optimizer, scaled_lr
 
 approx = lambda x: pytest.approx(x, rel=1e-9)  # noqa: E731
 
@@ -21,6 +21,19 @@ approx = lambda x: pytest.approx(x, rel=1e-9)  # noqa: E731
 def test_scaled_lr_is_clamped(optimizer, batch, init_lr, min_lr, expected):
     lr, low = scaled_lr(batch, init_lr, min_lr, optimizer)
     assert (lr, low) == (approx(expected[0]), approx(expected[1]))
+
+
+def test_lr_range_line_names_the_rates_the_clamp_changed():
+    # the recipe's defaults under Adam: 1e-2 and 1e-4 at batch 64 become 1e-3 and 1e-5
+    line = lr_range_line(64, 1e-2, 1e-4, "adam")
+    assert "Learning rate 0.001 falling to 1e-05" in line
+    assert "Init_lr 0.01 and Min_lr 0.0001" in line and "clamped" in line
+    # a Min_lr raised above Adam's ceiling is named alone
+    line = lr_range_line(64, 1e-3, 2e-4, "adam")
+    assert "falling to 1e-05" in line and "Min_lr 0.0002 scaled" in line and "Init_lr" not in line
+    # rates inside the range are used as given: no clamp to report
+    line = lr_range_line(32, 1e-2, 1e-4, "sgd")
+    assert line == "Learning rate 0.005 falling to 5e-05 (sgd, batch 32)"
 
 
 def test_cos_schedule_warmup_cosine_and_plateau():

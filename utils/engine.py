@@ -13,8 +13,8 @@ from utils.losses import cosine_ranking_loss, not_learning, pair_bce, ranking_lo
 from utils.precision import autocast, memory_format
 from utils.weights import unwrap
 
-NOT_LEARNING_HINT = ("from scratch, try python train.py config/omniglot_scratch.py (ResNet18, class batches, the "
-                     "ranking term, stroke augmentation, Adam; the README's Training section)")
+NOT_LEARNING_HINT = ("from scratch, try python train.py config/omniglot_scratch.py (conv4, class batches, the ranking "
+                     "term, stroke augmentation, Adam; the README's Training section)")
 
 
 Scored = namedtuple("Scored", "logits targets pairs embeddings")

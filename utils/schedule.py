@@ -20,6 +20,19 @@ def scaled_lr(batch_size, init_lr, min_lr, optimizer_type):
     return lr, min_lr
 
 
+def lr_range_line(batch_size, init_lr, min_lr, optimizer_type):
+    """The line a run prints: the rates it will use, and any requested rate the clamp changed (a str)."""
+    lr, low = scaled_lr(batch_size, init_lr, min_lr, optimizer_type)
+    ratio = batch_size / NOMINAL_BATCH
+    changed = [f"{name} {asked:g}" for name, asked, used in (("Init_lr", init_lr, lr), ("Min_lr", min_lr, low))
+               if not math.isclose(ratio * asked, used, rel_tol=1e-9)]
+    line = f"Learning rate {lr:g} falling to {low:g} ({optimizer_type}, batch {batch_size})"
+    if changed:
+        line += (f"; {' and '.join(changed)} scaled to the batch fall outside {optimizer_type}'s range and are "
+                 f"clamped (docs/config.md#learning-rate)")
+    return line
+
+
 def lr_at_epoch(epoch, lr, min_lr, total, decay_type="cos"):
     """The learning rate for 0-based `epoch` of `total` epochs."""
     if decay_type == "cos":
