@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import tracemalloc
 import zipfile
@@ -31,6 +33,7 @@ from utils.dataloader import list_images
 from utils.errors import DataError, ImageError, WeightsError
 from utils.gallery import CACHE_NAME, rank_gallery
 from utils.images import decode_png, eval_transform, load_image, open_image, verify_image
+from utils.interrupts import exit_on_interrupt
 from utils.oneshot import parse_run
 from utils.pairs import read_pairs
 
@@ -687,3 +690,22 @@ def test_sigterm_while_exporting_deletes_the_temporary_onnx(tmp_path, weights):
     assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == f"export.py: interrupted; {out} not written"
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "the temporary .onnx was left behind"
+
+
+def test_a_sigterm_as_the_temporary_is_created_leaves_nothing_behind(tmp_path, monkeypatch):
+    # the race the export test above can hit, made exact: the signal lands the moment the temporary file exists
+    make_temporary = tempfile.mkstemp
+
+    def make_temporary_then_terminate(*args, **kwargs):
+        made = make_temporary(*args, **kwargs)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", make_temporary_then_terminate)
+    out = tmp_path / "scores.csv"
+    with pytest.raises(SystemExit) as stopped:
+        with exit_on_interrupt(f"interrupted; {out} not written"):
+            with utils.files.atomic_path(str(out), ".csv") as tmp:
+                open(tmp, "w").write("half")
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == [], "the temporary was left behind"

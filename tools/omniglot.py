@@ -178,7 +178,8 @@ def unpack_omniglot_zip(path, name, out):
     Ctrl-C and SIGTERM held back: an interruption leaves the folder as it was and the temporary folder is deleted
     (one a killed process leaves is deleted by the next run). Returns the folder filled."""
     target = Path(out) / OMNIGLOT_ZIPS[name][0]
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=temporary_name("unpack-")))
+    with signals_held():  # a SIGTERM between creating the folder and naming it here would leave it to the next run
+        stage = Path(tempfile.mkdtemp(dir=out, prefix=temporary_name("unpack-")))
     try:
         built = stage / target.name
         if target.is_dir():

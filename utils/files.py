@@ -11,6 +11,7 @@ import tempfile
 import torch
 
 from utils.errors import SaveError, printable
+from utils.interrupts import signals_held
 
 TEMPORARY_PREFIX = ".tmp-"  # then the writer's pid: a later run can tell a dead writer's leftovers
 # The read limits: every file the project reads is a regular file checked against one of these before it is read.
@@ -93,7 +94,8 @@ def atomic_path(path, suffix=""):
             raise SaveError(f"cannot write {path}: {problem}")
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_name(), suffix=suffix)
+        with signals_held():  # a SIGTERM between creating the file and naming it here would leave it behind
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_name(), suffix=suffix)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~current_umask())
         yield tmp
