@@ -210,10 +210,11 @@ def test_train_py_runs_resnet18_end_to_end_and_its_resume_keeps_the_backbone(sma
     assert stop.value.code == 2 and "--backbone vgg16 differs from resnet18" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset, backbone, side", [("omniglot_scratch.py", "conv4_96", 48),
-                                                    ("omniglot_resnet18.py", "resnet18", 64)])
-def test_the_omniglot_presets_train_their_backbone_and_the_predictor_reads_it_back(preset, backbone, side, small1,
-                                                                                   tmp_path):
+@pytest.mark.parametrize("preset, backbone, side, optimizer", [
+    ("omniglot_scratch.py", "conv4_96", 48, {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),  # SGD
+    ("omniglot_resnet18.py", "resnet18", 64, {"betas": (0.9, 0.999), "weight_decay": 0.0})])  # Adam, from auto
+def test_the_omniglot_presets_train_their_backbone_and_the_predictor_reads_it_back(preset, backbone, side, optimizer,
+                                                                                   small1, tmp_path):
     data = make_subset(small1, tmp_path / "dataset", alphabets=2, characters=4, drawers=6)
     save_dir = tmp_path / "logs"
     result = run("train.py", f"config/{preset}", "--dataset_path", data, "--save_dir", save_dir, "--Epoch", 1,
@@ -221,6 +222,8 @@ def test_the_omniglot_presets_train_their_backbone_and_the_predictor_reads_it_ba
     assert result.returncode == 0, result.stderr[-2000:]
     predictor = Siamese(model_path=str(save_dir / "last_epoch_weights.pth"), cuda=False, verbose=False)
     assert predictor.net.backbone == backbone and predictor.input_shape == [side, side]  # from the settings file
+    group = torch.load(save_dir / "last.ckpt", weights_only=True)["optimizer"]["param_groups"][0]
+    assert {name: group[name] for name in optimizer} == optimizer
 
 
 def test_bench_prints_a_row_per_backbone(omniglot_subset, capsys):
