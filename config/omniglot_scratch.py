@@ -23,4 +23,4 @@ loss = "bce_ranking"
 optimizer_type = "sgd"  # Nesterov momentum, weight decay 5e-4 (auto): 84.4-85.2% where Adam's runs scored 83.3-84.2%
 Init_lr = 0.05  # 0.1 scored 82.9% (docs/results.md#sgd-round-eighteen)
 num_workers = 0  # on 2 CPU cores the main process loads as fast as workers or faster; with a GPU, use workers
-Epoch = 150  # 5,700 steps, 26 min on a 2-core AMD EPYC (AVX2, fp32); 200 do not pay beyond it (docs/results.md)
+Epoch = 150  # 5,700 steps, 26 min on a 2-core AMD EPYC (AVX2, fp32); 300 add half a point in twice the minutes
